@@ -2,14 +2,42 @@
 
 seg-mentor builds static graphs (`tf.compat.v1`): tf-slim networks, a feedable
 iterator and a `Session` loop. Every module takes `tf` from here, so the
-graph-mode switch and the log-noise setting happen once, before any op exists.
+graph-mode switch and the log-noise settings happen once, before any op exists.
 """
+import contextlib
 import os
 
-# TF prints several lines of CUDA/oneDNN chatter on import; keep errors only.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as _tf  # noqa: E402
+def _has_nvidia_device():
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+
+
+# TF's C++ side prints warnings for every graph; keep errors only. On a machine
+# without an NVIDIA device, its CUDA probe only ever reports "no GPU" as an
+# error, so silence that level too there.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _has_nvidia_device() else "3")
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Hide what C++ code writes to fd 2 while inside (Python exceptions still raise).
+
+    Importing TF logs oneDNN/CUDA notices before absl logging is initialised,
+    which TF_CPP_MIN_LOG_LEVEL cannot reach.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _stderr_silenced():
+    import tensorflow as _tf
 
 tf = _tf.compat.v1
 tf.disable_eager_execution()
