@@ -6,6 +6,7 @@ graph-mode switch and the log-noise settings happen once, before any op exists.
 """
 import contextlib
 import os
+import warnings
 
 
 def _has_nvidia_device():
@@ -38,6 +39,10 @@ def _stderr_silenced():
 
 with _stderr_silenced():
     import tensorflow as _tf
+
+# tf_slim layers call the deprecated `layer.apply` on every layer of every
+# graph; the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message="`layer.apply` is deprecated")
 
 tf = _tf.compat.v1
 tf.disable_eager_execution()

@@ -1,0 +1,140 @@
+"""ResNet-v1 feature extractors: resnet_v1_50 and resnet_v1_18.
+
+He et al., "Deep Residual Learning for Image Recognition", 2015
+(https://arxiv.org/abs/1512.03385). Both come out of tf_slim's `resnet_v1`
+generator. resnet_v1_50 is tf_slim's own (bottleneck units, the stride of a
+block on its last unit). resnet_v1_18 follows the Hailo fork of
+tensorflow/models (hailotech/tf-models-hailofork), whose ImageNet weights were
+converted from torchvision's ResNet-18: basic units `res_block_v1`, the stride
+on the FIRST unit of a block and a 1x1 conv + BN shortcut where the depth
+changes, so those weights compute what they computed in PyTorch.
+
+Usage:
+    with slim.arg_scope(arg_scope(is_training=True)):
+        features_32s, end_points = resnet_v1_18(images)  # images: preprocessed [B, H, W, 3]
+        skip_16s = end_points['block3/unit_2/res_block_v1']
+"""
+import re
+
+import tf_slim as slim
+from tf_slim.nets import resnet_utils
+from tf_slim.nets import resnet_v1 as slim_resnet_v1
+
+from nets.batch_norm import batch_norm
+from utils.tfcompat import tf
+
+# Official slim training values (resnet_utils.resnet_arg_scope, also the fork's).
+WEIGHT_DECAY = 1e-4
+BATCH_NORM_DECAY = 0.997
+BATCH_NORM_EPSILON = 1e-5
+
+# resnet_v1_18: (block scope, output depth, units, stride of the block's first unit).
+# After the stride-4 root (conv1 + pool1), blocks 1-4 end at stride 4, 8, 16, 32.
+_RESNET_V1_18_BLOCKS = (
+    ("block1", 64, 2, 1),
+    ("block2", 128, 2, 2),
+    ("block3", 256, 2, 2),
+    ("block4", 512, 2, 2),
+)
+
+
+@slim.add_arg_scope
+def res_block_v1(inputs, depth, stride, rate=1, outputs_collections=None, scope=None):
+    """Basic residual unit: relu(shortcut + BN(conv3x3(relu(BN(conv3x3_strided(x)))))).
+
+    The stride sits on the first 3x3 conv, padded explicitly (conv2d_same) so a
+    stride-2 conv sees the same pixels as PyTorch's padding=1 conv.
+    """
+    with tf.variable_scope(scope, "res_block_v1", [inputs]) as sc:
+        depth_in = inputs.shape[-1]
+        if depth == depth_in:
+            shortcut = resnet_utils.subsample(inputs, stride, "shortcut")
+        else:
+            shortcut = slim.conv2d(inputs, depth, [1, 1], stride=stride, activation_fn=None,
+                                   scope="shortcut")
+        residual = resnet_utils.conv2d_same(inputs, depth, 3, stride, rate=rate, scope="conv1")
+        residual = slim.conv2d(residual, depth, [3, 3], stride=1, rate=rate, activation_fn=None,
+                               scope="conv2")
+        output = tf.nn.relu(shortcut + residual)
+        return slim.utils.collect_named_outputs(outputs_collections, sc.name, output)
+
+
+def _relative_end_points(end_points, top_scope):
+    """Drop everything up to the top scope (and a tower suffix like `_1`) from each key."""
+    top = re.compile(re.escape(top_scope) + r"(_\d+)?")
+    relative = {}
+    for key, tensor in end_points.items():
+        parts = key.split("/")
+        for index, part in enumerate(parts):
+            if top.fullmatch(part):
+                parts = parts[index + 1:]
+                break
+        relative["/".join(parts)] = tensor
+    return relative
+
+
+def _build(generator, images, is_training, num_classes, reuse, scope):
+    """Run a tf_slim ResNet builder in FCN mode (no pooling, no logits) or as a classifier."""
+    classifier = num_classes is not None
+    with slim.arg_scope([batch_norm], is_training=is_training):
+        net, end_points = generator(images, num_classes=num_classes, is_training=is_training,
+                                    global_pool=classifier, reuse=reuse, scope=scope)
+    return net, _relative_end_points(end_points, scope)
+
+
+def resnet_v1_50(images, is_training=True, num_classes=None, reuse=None, scope="resnet_v1_50"):
+    """ResNet-50 v1 (tf_slim's definition).
+
+    images: preprocessed float32 [B, H, W, 3], any H, W.
+    num_classes None: (block4 features [B, H/32, W/32, 2048], end_points).
+    num_classes int: (logits [B, 1, 1, num_classes] as the official 'logits' layer, end_points).
+    end_points keys are relative to `scope`, e.g. 'block3/unit_5/bottleneck_v1'.
+    """
+    return _build(slim_resnet_v1.resnet_v1_50, images, is_training, num_classes, reuse, scope)
+
+
+def _resnet_v1_18_generator(images, **kwargs):
+    blocks = [resnet_utils.Block(name, res_block_v1,
+                                 [{"depth": depth, "stride": first_stride}]
+                                 + [{"depth": depth, "stride": 1}] * (units - 1))
+              for name, depth, units, first_stride in _RESNET_V1_18_BLOCKS]
+    # tf_slim's generator collects only its own `bottleneck` units as end
+    # points; collect ours through a collection unique to this call (towers
+    # must not mix) and merge it in.
+    units_collection = tf.get_default_graph().unique_name("res_block_v1_end_points")
+    with slim.arg_scope([res_block_v1], outputs_collections=units_collection):
+        net, end_points = slim_resnet_v1.resnet_v1(images, blocks, include_root_block=True,
+                                                   **kwargs)
+    end_points.update(slim.utils.convert_collection_to_dict(units_collection))
+    return net, end_points
+
+
+def resnet_v1_18(images, is_training=True, num_classes=None, reuse=None, scope="resnet_v1_18"):
+    """ResNet-18 v1 with the Hailo fork's layout (basic units, stride on the first unit).
+
+    images: preprocessed float32 [B, H, W, 3], any H, W.
+    num_classes None: (block4 features [B, H/32, W/32, 512], end_points).
+    num_classes int: (logits [B, 1, 1, num_classes] as the 'logits' layer, end_points).
+    end_points keys are relative to `scope`; the last unit of blocks 1-3,
+    'block1/unit_2/res_block_v1' (stride 4), 'block2/unit_2/...' (8) and
+    'block3/unit_2/...' (16), are the deepest maps at each stride.
+    """
+    return _build(_resnet_v1_18_generator, images, is_training, num_classes, reuse, scope)
+
+
+def arg_scope(is_training=True, weight_decay=WEIGHT_DECAY, batch_norm_decay=BATCH_NORM_DECAY):
+    """slim arg scope of both ResNets: our batch norm (with gamma) after every conv.
+
+    tf_slim's ResNet generator sets `is_training` on tf_slim's batch norm only,
+    so it is set here (and by the builders) on ours.
+    """
+    with slim.arg_scope([batch_norm], is_training=is_training, decay=batch_norm_decay,
+                        epsilon=BATCH_NORM_EPSILON, center=True, scale=True):
+        with slim.arg_scope([slim.conv2d],
+                            weights_regularizer=slim.l2_regularizer(weight_decay),
+                            weights_initializer=slim.variance_scaling_initializer(),
+                            activation_fn=tf.nn.relu,
+                            normalizer_fn=batch_norm):
+            # SAME pool1 keeps feature maps aligned to the input for dense prediction.
+            with slim.arg_scope([slim.max_pool2d], padding="SAME") as scope:
+                return scope
