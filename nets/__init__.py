@@ -9,3 +9,7 @@ stride-32 features and end points keyed relative to the checkpoint scope
 official values. Batch-normalised families use `batch_norm.batch_norm`, our
 own, because tf_slim's does not run on TF >= 2.13.
 """
+
+# Submodules import tf_slim internals (tf_slim.nets...) directly; importing
+# TensorFlow through utils.tfcompat first keeps its start-up chatter quiet.
+import utils.tfcompat  # noqa: E402,F401

@@ -15,10 +15,9 @@ Usage (as slim's, e.g. as a conv normalizer inside an arg scope):
         net = slim.conv2d(images, 64, [3, 3])      # -> conv/BatchNorm/...
     train_op = ...  # run with tf.get_collection(tf.GraphKeys.UPDATE_OPS)
 """
-import tf_slim as slim
 from tf_slim.layers import utils as slim_layer_utils
 
-from utils.tfcompat import tf
+from utils.tfcompat import slim, tf
 
 
 def _update_moving_average(variable, value, decay):

@@ -10,11 +10,10 @@ Usage:
         mixed_5c, end_points = inception_v1(images)  # images: RGB scaled to [-1, 1]
         skip_16s = end_points['Mixed_4f']
 """
-import tf_slim as slim
 from tf_slim.nets import inception_v1 as slim_inception_v1
 
 from nets.batch_norm import batch_norm
-from utils.tfcompat import tf
+from utils.tfcompat import slim, tf
 
 # Official slim inception_v1_arg_scope values. The checkpoint's batch norm has
 # no gamma (scale=False): the ReLU and the next conv absorb any scale.

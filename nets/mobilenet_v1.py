@@ -14,10 +14,8 @@ Usage:
 """
 import collections
 
-import tf_slim as slim
-
 from nets.batch_norm import batch_norm
-from utils.tfcompat import tf
+from utils.tfcompat import slim, tf
 
 # Official slim mobilenet_v1_arg_scope values.
 WEIGHT_DECAY = 0.00004

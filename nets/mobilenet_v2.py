@@ -14,11 +14,9 @@ Usage:
 """
 import collections
 
-import tf_slim as slim
-
 from nets import mobilenet_v1
 from nets.batch_norm import batch_norm
-from utils.tfcompat import tf
+from utils.tfcompat import slim, tf
 
 # Official slim mobilenet.training_scope values; everything else in that scope
 # equals MobileNet-v1's.

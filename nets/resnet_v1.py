@@ -16,12 +16,11 @@ Usage:
 """
 import re
 
-import tf_slim as slim
 from tf_slim.nets import resnet_utils
 from tf_slim.nets import resnet_v1 as slim_resnet_v1
 
 from nets.batch_norm import batch_norm
-from utils.tfcompat import tf
+from utils.tfcompat import slim, tf
 
 # Official slim training values (resnet_utils.resnet_arg_scope, also the fork's).
 WEIGHT_DECAY = 1e-4

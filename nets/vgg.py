@@ -12,10 +12,9 @@ Usage:
         fc7, end_points = vgg_16(images)  # images: mean-subtracted RGB [B, H, W, 3]
         skip_16s = end_points['pool4']
 """
-import tf_slim as slim
 
 from utils.errors import SegMentorError
-from utils.tfcompat import tf
+from utils.tfcompat import slim, tf
 
 WEIGHT_DECAY = 0.0005  # official slim vgg_arg_scope
 

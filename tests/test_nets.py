@@ -5,12 +5,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import tf_slim as slim
 
 from nets import inception_v1, mobilenet_v1, mobilenet_v2, resnet_v1, vgg
 from nets.batch_norm import batch_norm
 from utils.errors import SegMentorError
-from utils.tfcompat import tf
+from utils.tfcompat import slim, tf
 
 REFERENCE_DIR = pathlib.Path(__file__).resolve().parent / "reference"
 CLASSIFIER_SIZE = 224  # the heads of VGG and Inception pool 7x7 VALID

@@ -1,9 +1,8 @@
 """Bilinear transposed-convolution upsampling (utils/upsampling.py)."""
 import numpy as np
 import pytest
-import tensorflow as tf2
 
-from utils.tfcompat import tf
+from utils.tfcompat import tf, tf2
 from utils.upsampling import bilinear_kernel, bilinear_kernel_1d, upsample_bilinear
 
 
@@ -34,18 +33,19 @@ def _run(factor, values, trainable=False):
             return sess.run([upsampled, reference], {inputs: values}) + [trainable_vars]
 
 
+@pytest.mark.parametrize("trainable", [False, True])
 @pytest.mark.parametrize("factor", [2, 4, 8, 16, 32])
-def test_constant_map_stays_constant_borders_included(factor):
+def test_constant_map_stays_constant_borders_included(factor, trainable):
     constant = np.full((1, 3, 5, 2), 2.5, np.float32)
-    upsampled, _, _ = _run(factor, constant)
+    upsampled, _, _ = _run(factor, constant, trainable)
     assert upsampled.shape == (1, 3 * factor, 5 * factor, 2)
     np.testing.assert_allclose(upsampled, 2.5, atol=1e-5)
 
 
 @pytest.mark.parametrize("factor", [2, 16])
-def test_equals_half_pixel_bilinear_resize(factor):
+def test_transposed_conv_equals_half_pixel_bilinear_resize(factor):
     values = np.random.RandomState(0).rand(2, 5, 7, 3).astype(np.float32)
-    upsampled, reference, _ = _run(factor, values)
+    upsampled, reference, _ = _run(factor, values, trainable=True)
     np.testing.assert_allclose(upsampled, reference, atol=1e-5)
 
 
@@ -53,3 +53,11 @@ def test_trainable_flag_controls_the_kernel_variable():
     values = np.zeros((1, 2, 2, 1), np.float32)
     assert _run(2, values, trainable=False)[2] == []
     assert len(_run(2, values, trainable=True)[2]) == 1
+
+
+def test_trainable_kernel_starts_equal_to_the_fixed_resize():
+    values = np.random.RandomState(1).rand(1, 4, 6, 3).astype(np.float32)
+    trainable, reference, _ = _run(4, values, trainable=True)
+    fixed, _, _ = _run(4, values, trainable=False)
+    np.testing.assert_allclose(trainable, fixed, atol=1e-5)
+    np.testing.assert_allclose(fixed, reference, atol=1e-5)

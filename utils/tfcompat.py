@@ -1,8 +1,10 @@
 """The one place that imports TensorFlow and fixes how the project uses it.
 
 seg-mentor builds static graphs (`tf.compat.v1`): tf-slim networks, a feedable
-iterator and a `Session` loop. Every module takes `tf` from here, so the
-graph-mode switch and the log-noise settings happen once, before any op exists.
+iterator and a `Session` loop. Every module takes `tf` (compat.v1), `tf2` (the
+TF2 namespace, for ops whose v1 forms differ, e.g. half-pixel resize) and
+`slim` from here, so the graph-mode switch and the log-noise settings happen
+once, before TensorFlow prints anything or builds any op.
 """
 import contextlib
 import os
@@ -38,12 +40,13 @@ def _stderr_silenced():
 
 
 with _stderr_silenced():
-    import tensorflow as _tf
+    import tensorflow as tf2
+    import tf_slim as slim  # noqa: F401  (re-exported)
 
 # tf_slim layers call the deprecated `layer.apply` on every layer of every
 # graph; the warning says nothing a user can act on.
 warnings.filterwarnings("ignore", message="`layer.apply` is deprecated")
 
-tf = _tf.compat.v1
+tf = tf2.compat.v1
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)

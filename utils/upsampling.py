@@ -1,9 +1,11 @@
-"""Learnable-or-fixed bilinear upsampling by transposed convolution.
+"""Bilinear upsampling, fixed or learnable (a transposed convolution).
 
 FCN upsamples class scores with `conv2d_transpose` whose kernel starts as a
-bilinear interpolation filter: at step 0 the decoder then computes exactly
-what `tf.image.resize(..., 'bilinear')` would, and with
-`trainable_upsampling` the kernel can learn from there.
+bilinear interpolation filter: at step 0 it computes exactly what a
+half-pixel-centred bilinear resize computes, and with `trainable_upsampling`
+the kernel learns from there. While the kernel is fixed the two are the same
+function, so the fixed case runs the resize op: the transposed convolution
+needs a dense [2f, 2f, C, C] kernel, C times the work for the same numbers.
 """
 import numpy as np
 
@@ -40,7 +42,31 @@ def bilinear_kernel(factor, num_channels):
 
 
 def upsample_bilinear(inputs, factor, trainable=False, scope=None):
-    """Upsample [B, h, w, C] to [B, h*factor, w*factor, C] with a bilinear-initialised kernel.
+    """Upsample [B, h, w, C] to [B, h*factor, w*factor, C], bilinear (at least at init).
+
+    trainable=False: a half-pixel-centred bilinear resize, no variables.
+    trainable=True: a transposed convolution whose kernel starts bilinear.
+    """
+    if not trainable:
+        height, width = tf.shape(inputs)[1], tf.shape(inputs)[2]
+        upsampled = tf.image.resize_bilinear(
+            inputs, tf.stack([height * factor, width * factor]), half_pixel_centers=True)
+        return _with_static_shape(upsampled, inputs, factor)
+    return _upsample_transposed_conv(inputs, factor, scope)
+
+
+def _with_static_shape(upsampled, inputs, factor):
+    static = inputs.shape
+    upsampled.set_shape([
+        static[0],
+        None if static[1] is None else static[1] * factor,
+        None if static[2] is None else static[2] * factor,
+        static[3]])
+    return upsampled
+
+
+def _upsample_transposed_conv(inputs, factor, scope):
+    """Transposed convolution with a trainable kernel initialised bilinear.
 
     A plain SAME transposed convolution darkens the border (border pixels get
     only part of the kernel). Padding one edge-replicated pixel first and
@@ -52,10 +78,11 @@ def upsample_bilinear(inputs, factor, trainable=False, scope=None):
     if num_channels is None:
         raise ValueError("upsample_bilinear needs a known channel count")
     with tf.variable_scope(scope, "upsample_x%d" % factor, [inputs]):
-        kernel = tf.get_variable(
-            "kernel",
-            initializer=tf.constant(bilinear_kernel(factor, num_channels)),
-            trainable=trainable)
+        initial = bilinear_kernel(factor, num_channels)
+        # The explicit shape makes reuse by a tower of another factor fail loudly.
+        kernel = tf.get_variable("kernel", shape=initial.shape,
+                                 initializer=tf.constant_initializer(initial),
+                                 trainable=True)
         padded = tf.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
         shape = tf.shape(inputs)
         batch, height, width = shape[0], shape[1], shape[2]
@@ -68,10 +95,4 @@ def upsample_bilinear(inputs, factor, trainable=False, scope=None):
             strides=[1, factor, factor, 1], padding="VALID")
         offset = factor + factor // 2
         upsampled = full[:, offset:offset + height * factor, offset:offset + width * factor, :]
-        static = inputs.shape
-        upsampled.set_shape([
-            static[0],
-            None if static[1] is None else static[1] * factor,
-            None if static[2] is None else static[2] * factor,
-            num_channels])
-        return upsampled
+        return _with_static_shape(upsampled, inputs, factor)
