@@ -1,0 +1,157 @@
+"""utils/feeder.py: one graph switches between train and val batches; eval batches keep what fcn_test needs."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils.augmentation import IMAGENET_MEAN_RGB, NO_AUGMENT
+from utils.datasets import IGNORE_LABEL, load_dataset, record_path, write_dataset_meta
+from utils.errors import SegMentorError
+from utils.feeder import Feeder, make_eval_dataset
+from utils.tf_records import RecordWriter, encode_label_png
+from utils.tfcompat import tf
+
+NUM_CLASSES = 8
+SIZES = {"train": [(20, 30)] * 6, "val": [(20, 30), (24, 18), (20, 30), (24, 18), (20, 30)]}
+
+
+def _make_dataset(datapath, name="tiny"):
+    """Image i of a split is flat grey 20*i + 10 and its label is all class i."""
+    out = os.path.join(datapath, name)
+    splits = {}
+    for split, file_name in (("train", "training.tfrecords"), ("val", "validation.tfrecords")):
+        with RecordWriter(os.path.join(out, file_name)) as writer:
+            for index, (height, width) in enumerate(SIZES[split]):
+                image = np.full((height, width, 3), 20 * index + 10, np.uint8)
+                image_format = "PNG" if index % 2 else "JPEG"
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format=image_format)
+                writer.write(buffer.getvalue(), image_format, encode_label_png(np.full((height, width), index, np.uint8)),
+                             height, width, f"{split}_{index}.png")
+        splits[split] = {"file": file_name, "count": len(SIZES[split])}
+    write_dataset_meta(out, {"name": name, "class_names": [f"c{i}" for i in range(NUM_CLASSES)],
+                             "splits": splits, "source": "test"})
+    return load_dataset(name, str(datapath))
+
+
+def _val_pass(sess, feeder):
+    feeder.start_validation(sess)
+    sizes = []
+    while True:
+        try:
+            images, labels = sess.run([feeder.images, feeder.labels], {feeder.handle: feeder.val_handle(sess)})
+        except tf.errors.OutOfRangeError:
+            return sizes
+        assert images.shape[1:] == (16, 16, 3) and labels.shape[1:] == (16, 16)
+        sizes.append(images.shape[0])
+
+
+def test_handle_switches_between_train_and_val_batches(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16, val_fraction=0.5, seed=3)
+        assert (feeder.num_train_images, feeder.num_val_images) == (6, 3)
+        with tf.Session() as sess:
+            train = {feeder.handle: feeder.train_handle(sess)}
+            images, labels = sess.run([feeder.images, feeder.labels], train)
+            assert images.shape == (2, 16, 16, 3) and images.dtype == np.float32
+            assert labels.shape == (2, 16, 16) and labels.dtype == np.int32
+            assert _val_pass(sess, feeder) == [2, 1]         # ceil(5 * 0.5) images
+            sess.run(feeder.images, train)                   # training continues after validation
+            assert _val_pass(sess, feeder) == [2, 1]         # and validation restarts from the top
+
+
+def test_val_subset_is_the_first_records_in_order(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=4, pixels=16, val_fraction=0.5)
+        with tf.Session() as sess:
+            feeder.start_validation(sess)
+            labels = sess.run(feeder.labels, {feeder.handle: feeder.val_handle(sess)})
+    assert [set(np.unique(l)) - {IGNORE_LABEL} for l in labels] == [{0}, {1}, {2}]
+
+
+def test_debug_overfit_trains_on_the_first_images_only(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=4, pixels=16, augment=NO_AUGMENT, debug_overfit=2)
+        assert feeder.num_train_images == 2
+        with tf.Session() as sess:
+            train = {feeder.handle: feeder.train_handle(sess)}
+            seen = set()
+            for _ in range(3):
+                seen |= set(np.unique(sess.run(feeder.labels, train)))
+    assert seen == {0, 1, IGNORE_LABEL}
+
+
+def test_same_seed_gives_the_same_batches(tmp_path):
+    spec = _make_dataset(tmp_path)
+
+    def first_batches(seed):
+        with tf.Graph().as_default():
+            feeder = Feeder(spec, str(tmp_path), batch_size=3, pixels=16, seed=seed)
+            with tf.Session() as sess:
+                train = {feeder.handle: feeder.train_handle(sess)}
+                return [sess.run(feeder.labels, train) for _ in range(3)]
+
+    np.testing.assert_array_equal(first_batches(5), first_batches(5))
+
+
+def test_corrupt_train_records_give_a_clear_error(tmp_path):
+    spec = _make_dataset(tmp_path)
+    path = record_path(spec, str(tmp_path), "train")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+        with tf.Session() as sess, pytest.raises(SegMentorError, match="corrupt records in .*training.tfrecords"):
+            with feeder.records_errors():
+                for _ in range(4):
+                    sess.run(feeder.images, {feeder.handle: feeder.train_handle(sess)})
+
+
+def test_missing_val_records_name_the_file(tmp_path):
+    spec = _make_dataset(tmp_path)
+    os.remove(record_path(spec, str(tmp_path), "val"))
+    with tf.Graph().as_default(), pytest.raises(SegMentorError, match="validation.tfrecords not found"):
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+
+
+def test_training_needs_a_fixed_size(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default(), pytest.raises(SegMentorError, match="--pixels"):
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=0)
+
+
+def _eval_batches(spec, datapath, pixels):
+    with tf.Graph().as_default():
+        batch = tf.data.make_one_shot_iterator(make_eval_dataset(spec, datapath, "val", pixels, 2)).get_next()
+        with tf.Session() as sess:
+            return [sess.run(batch)]
+
+
+def test_eval_dataset_at_native_size_pads_batches_to_their_largest_image(tmp_path):
+    spec = _make_dataset(tmp_path)
+    (batch,) = _eval_batches(spec, str(tmp_path), pixels=0)
+    assert batch["image"].shape == (2, 24, 30, 3) and batch["label"].shape == (2, 24, 30)
+    assert list(batch["filename"]) == [b"val_0.png", b"val_1.png"]
+    np.testing.assert_array_equal(batch["height"], [20, 24])
+    np.testing.assert_array_equal(batch["width"], [30, 18])
+    np.testing.assert_array_equal(batch["valid_height"], [20, 24])
+    np.testing.assert_array_equal(batch["valid_width"], [30, 18])
+    # Second image is 24x18: columns 18.. are padding.
+    np.testing.assert_allclose(batch["image"][1, :, 18:], np.broadcast_to(IMAGENET_MEAN_RGB, (24, 12, 3)), atol=1e-4)
+    assert (batch["label"][1, :, 18:] == IGNORE_LABEL).all() and (batch["label"][1, :, :18] == 1).all()
+    np.testing.assert_array_equal(batch["native_label"], batch["label"])
+
+
+def test_eval_dataset_with_pixels_resizes_and_keeps_native_labels(tmp_path):
+    spec = _make_dataset(tmp_path)
+    (batch,) = _eval_batches(spec, str(tmp_path), pixels=16)
+    assert batch["image"].shape == (2, 16, 16, 3) and batch["label"].shape == (2, 16, 16)
+    np.testing.assert_array_equal(batch["valid_height"], [11, 16])   # 20x30 -> 10.7x16, 24x18 -> 16x12
+    np.testing.assert_array_equal(batch["valid_width"], [16, 12])
+    assert batch["native_label"].shape == (2, 24, 30)
+    assert (batch["native_label"][0, :20, :30] == 0).all() and (batch["native_label"][0, 20:] == IGNORE_LABEL).all()

@@ -1,0 +1,159 @@
+"""tf.data pipelines from tfrecords to batches, behind one feedable iterator.
+
+`Feeder` builds a training pipeline (parse, augment, shuffle, repeat, batch,
+prefetch, all inside tf.data and parallel) and a validation pipeline over a
+fixed subset of the validation records. Both sit behind one string-handle
+iterator, so a single graph trains or validates depending on the handle fed:
+
+    feeder = Feeder(spec, datapath, batch_size=16, pixels=512)
+    logits = arch.build_net(feeder.images)
+    train = {feeder.handle: feeder.train_handle(sess)}
+    sess.run(train_op, train)
+    feeder.start_validation(sess)                 # one pass over the val subset
+    while True: sess.run(..., {feeder.handle: feeder.val_handle(sess)})  # until OutOfRangeError
+
+`make_eval_dataset` is the single-split pipeline of fcn_test.
+"""
+import math
+
+from utils import augmentation
+from utils.augmentation import AugmentParams, IMAGENET_MEAN_RGB
+from utils.datasets import IGNORE_LABEL, how_to_make, num_records, record_path
+from utils.errors import SegMentorError
+from utils.tf_records import parse_example, read_records, records_errors
+from utils.tfcompat import tf
+
+# Serialized (still encoded) records held for shuffling: all of CamVid, and
+# ~100 MB of Pascal VOC JPEGs, enough mixing for datasets stored in any order.
+SHUFFLE_BUFFER_RECORDS = 1000
+# Batches prepared ahead of the training step, so decoding overlaps compute.
+PREFETCH_BATCHES = 2
+
+
+class Feeder:
+    """Train and validation batches of one dataset behind a feedable iterator.
+
+    images: float32 [B, P, P, 3], RGB 0..255 (padding = IMAGENET_MEAN_RGB);
+    labels: int32 [B, P, P], IGNORE_LABEL on padding and void.
+    """
+
+    def __init__(self, spec, datapath, batch_size, pixels, augment=AugmentParams(),
+                 val_fraction=0.25, seed=0, train_split="train", val_split="val",
+                 debug_overfit=0):
+        if pixels <= 0:
+            raise SegMentorError(f"training needs a fixed size: --pixels must be > 0, got {pixels}")
+        if not 0 < val_fraction <= 1:
+            raise SegMentorError(f"the validated fraction must be in (0, 1], got {val_fraction}")
+        self.train_path = record_path(spec, datapath, train_split)
+        self.val_path = record_path(spec, datapath, val_split)
+        self._how_to_make = how_to_make(spec, datapath)
+
+        self.num_train_images = num_records(spec, datapath, train_split)
+        if debug_overfit:
+            self.num_train_images = min(debug_overfit, self.num_train_images)
+        self.num_val_images = math.ceil(num_records(spec, datapath, val_split) * val_fraction)
+
+        train = self._train_dataset(batch_size, pixels, augment, seed, debug_overfit)
+        val = self._val_dataset(batch_size, pixels)
+        self.handle = tf.placeholder(tf.string, shape=[], name="feeder_handle")
+        iterator = tf.data.Iterator.from_string_handle(
+            self.handle, tf.data.get_output_types(val), tf.data.get_output_shapes(val))  # val: batch dim None
+        self.images, self.labels = iterator.get_next()
+        self._val_iterator = tf.data.make_initializable_iterator(val)
+        # Handle ops are made now: scripts may finalize the graph before asking for them.
+        self._handle_ops = {"train": tf.data.make_one_shot_iterator(train).string_handle(),
+                            "val": self._val_iterator.string_handle()}
+        self._handles = {}
+
+    def _train_dataset(self, batch_size, pixels, augment, seed, debug_overfit):
+        records = read_records(self.train_path, self._how_to_make)
+        if debug_overfit:
+            records = records.take(debug_overfit)
+        else:
+            records = records.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True)
+
+        def parse_and_augment(index, serialized):
+            # Each example's random draws are seeded by (seed, position in the
+            # stream), so batches do not depend on the parallel map's timing.
+            example = parse_example(serialized)
+            return augmentation.train_sizing(example["image"], example["label"], pixels, augment,
+                                             tf.stack([tf.cast(seed, tf.int64), index]))
+
+        return (records.repeat().enumerate()
+                .map(parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size, drop_remainder=True)
+                .prefetch(PREFETCH_BATCHES))
+
+    def _val_dataset(self, batch_size, pixels):
+        def parse_and_size(serialized):
+            example = parse_example(serialized)
+            image, label, _, _ = augmentation.eval_sizing(example["image"], example["label"], pixels)
+            return image, label
+
+        return (read_records(self.val_path, self._how_to_make).take(self.num_val_images)
+                .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size)
+                .prefetch(PREFETCH_BATCHES))
+
+    def _handle(self, sess, name):
+        if name not in self._handles:
+            self._handles[name] = sess.run(self._handle_ops[name])
+        return self._handles[name]
+
+    def train_handle(self, sess):
+        """The string to feed into `handle` for a training batch."""
+        return self._handle(sess, "train")
+
+    def val_handle(self, sess):
+        """The string to feed into `handle` for a validation batch."""
+        return self._handle(sess, "val")
+
+    def start_validation(self, sess):
+        """Rewind the validation subset: the next batches are one pass over it."""
+        sess.run(self._val_iterator.initializer)
+
+    def records_errors(self):
+        """Context manager turning a corrupt-record error in sess.run into a SegMentorError."""
+        return records_errors(self.train_path, self.val_path, how_to_make=self._how_to_make)
+
+
+def make_eval_dataset(spec, datapath, split, pixels, batch_size=1):
+    """Batches of one split, sized as in validation, in file order, one pass.
+
+    pixels > 0: larger side scaled to `pixels`, padded bottom/right to a square;
+    pixels = 0: native size, a batch padded bottom/right to its largest image.
+    Elements are dicts:
+        image         float32 [B, P, P, 3] RGB 0..255 (padding = IMAGENET_MEAN_RGB)
+        label         int32 [B, P, P], the label sized like the image (IGNORE_LABEL on padding)
+        native_label  int32 [B, H, W], the label at source resolution (padded with IGNORE_LABEL)
+        height, width int32 [B], the source size
+        valid_height, valid_width  int32 [B], the image's region in `image`: a prediction's
+                      [:valid_height, :valid_width] resized to (height, width) matches native_label
+        filename      string [B], source base name
+    """
+    path = record_path(spec, datapath, split)
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
+
+    def parse_and_size(serialized):
+        example = parse_example(serialized)
+        image, label, valid_height, valid_width = augmentation.eval_sizing(
+            example["image"], example["label"], pixels)
+        # padded_batch pads with one scalar; padding the mean-subtracted image
+        # with 0 and adding the mean back after batching pads with the mean.
+        return dict(image=image - mean, label=label,
+                    native_label=tf.cast(example["label"][..., 0], tf.int32),
+                    height=example["height"], width=example["width"],
+                    valid_height=valid_height, valid_width=valid_width,
+                    filename=example["filename"])
+
+    padding = dict(image=0.0, label=IGNORE_LABEL, native_label=IGNORE_LABEL, height=0, width=0,
+                   valid_height=0, valid_width=0, filename="")
+
+    def add_mean(batch):
+        return dict(batch, image=batch["image"] + mean)
+
+    return (read_records(path, how_to_make(spec, datapath))
+            .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
+            .padded_batch(batch_size, padding_values=padding)
+            .map(add_mean)
+            .prefetch(PREFETCH_BATCHES))
