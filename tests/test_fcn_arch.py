@@ -1,0 +1,184 @@
+"""FCN architectures over every registered feature extractor (fcn_arch.py)."""
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fcn_arch
+from fcn_arch import ARCHS, DECODERS, FEATURE_EXTRACTORS, FcnArch, make_pretrained_restorer
+from utils.errors import SegMentorError
+from utils.tfcompat import slim, tf
+
+REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
+NUM_CLASSES = 5
+SIZES = [(64, 64), (97, 131)]  # a square, and an odd size that is no multiple of 32
+
+
+def read_reference(net):
+    """{name: shape} of the official checkpoint, without its classifier head."""
+    rows = (REFERENCE_DIR / f"{net}.tsv").read_text().splitlines()[1:]
+    shapes = {}
+    for row in rows:
+        name, shape = row.split("\t")
+        shapes[name] = [int(d) for d in shape.split(",")]
+    return shapes
+
+
+def drop_head(shapes):
+    """Remove the ImageNet logits layer (the only rows with 1000/1001 outputs)."""
+    return {name: shape for name, shape in shapes.items() if shape[-1] not in (1000, 1001)}
+
+
+def decoder_flags(decoder):
+    stride = DECODERS[decoder]
+    return dict(fcn16=stride <= 16, fcn8=stride <= 8, fcn4=stride <= 4)
+
+
+# Every encoder under the classic FCN; the other decoders over two encoders.
+ARCH_CASES = [(net, "fcn") for net in FEATURE_EXTRACTORS] + [
+    (net, arch) for arch in ARCHS if arch != "fcn" for net in ("mobilenet_v1", "resnet_v1_18")]
+
+
+@pytest.mark.parametrize("net,arch_name", ARCH_CASES)
+def test_logits_keep_input_size_and_skips_start_at_zero(net, arch_name):
+    """All decoders of one net in one graph: output sizes, and FCN16/8/4 == FCN32 at init.
+
+    The towers share variables (AUTO_REUSE), so score_32s is the same layer in
+    every decoder and only the zero-initialised skips differ.
+    """
+    rng = np.random.RandomState(0)
+    with tf.Graph().as_default():
+        inputs = {size: tf.placeholder(tf.float32, [2, None, None, 3]) for size in SIZES}
+        logits = {}
+        with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+            for decoder in DECODERS:
+                for size in SIZES:
+                    arch = ARCHS[arch_name](NUM_CLASSES, is_training=False, net=net,
+                                            **decoder_flags(decoder))
+                    logits[decoder, size] = arch.build_net(inputs[size])
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            feed = {inputs[size]: rng.uniform(0, 255, (2,) + size + (3,)) for size in SIZES}
+            values = sess.run(logits, feed)
+    for (decoder, size), value in values.items():
+        assert value.shape == (2,) + size + (NUM_CLASSES,), (decoder, size)
+        assert np.all(np.isfinite(value))
+        np.testing.assert_allclose(value, values["fcn32", size], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("net", list(FEATURE_EXTRACTORS))
+def test_feature_extractor_variables_equal_official_checkpoint(net):
+    with tf.Graph().as_default():
+        arch = FcnArch(NUM_CLASSES, is_training=True, net=net, fcn8=True)
+        arch.build_net(tf.placeholder(tf.float32, [1, 64, 64, 3]))
+        pretrained, new = arch.get_pretrained_and_new_vars()
+    ours = {name: var.shape.as_list() for name, var in pretrained.items()}
+    assert ours == drop_head(read_reference(net))
+    new_names = sorted(var.op.name for var in new)
+    assert all(name.startswith(fcn_arch.DECODER_SCOPE + "/") for name in new_names)
+    assert {"decoder/score_32s/weights", "decoder/score_16s/weights",
+            "decoder/score_8s/weights"} <= set(new_names)
+
+
+def _save_classifier_checkpoint(net, path, num_classes=1001):
+    """Build the ImageNet classifier with the project's own definitions; save it."""
+    extractor = FEATURE_EXTRACTORS[net]
+    with tf.Graph().as_default():
+        images = tf.placeholder(tf.float32, [1, 224, 224, 3])
+        with slim.arg_scope(extractor.arg_scope(is_training=False)):
+            extractor.build(images, is_training=False, num_classes=num_classes)
+        variables = tf.global_variables()
+        with tf.Session() as sess:
+            # Random moving statistics too, so a restore that skipped them would show.
+            sess.run(tf.global_variables_initializer())
+            for var in variables:
+                var.load(np.random.RandomState(len(var.op.name)).uniform(
+                    0.5, 1.5, var.shape.as_list()).astype(np.float32), sess)
+            tf.train.Saver(variables).save(sess, str(path))
+            return {var.op.name: var.eval() for var in variables}
+
+
+# The restore path is the same for every net (names are checked against the
+# official lists above); four encoder families keep it honest without saving
+# VGG's and ResNet-50's hundreds of megabytes.
+@pytest.mark.parametrize("net", ["mobilenet_v1", "mobilenet_v2", "resnet_v1_18", "inception_v1"])
+def test_restore_feature_extractor_from_classifier_checkpoint(net, tmp_path):
+    checkpoint = tmp_path / "classifier.ckpt"
+    saved = _save_classifier_checkpoint(net, checkpoint)
+    with tf.Graph().as_default():
+        arch = FcnArch(NUM_CLASSES, is_training=True, net=net, fcn16=True)
+        arch.build_net(tf.placeholder(tf.float32, [1, 64, 64, 3]))
+        restore = make_pretrained_restorer(arch, str(checkpoint))
+        pretrained, new = arch.get_pretrained_and_new_vars()
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            restore(sess)
+            restored = sess.run(pretrained)
+            new_values = sess.run({var.op.name: var for var in new})
+    assert restored.keys() <= saved.keys()
+    for name, value in restored.items():
+        np.testing.assert_array_equal(value, saved[name], err_msg=name)
+    assert not new_values.keys() & saved.keys()
+    # Skip score layers keep their zero init: nothing leaked into the decoder.
+    assert not np.any(new_values["decoder/score_16s/weights"])
+
+
+def _fcn_graph(net="mobilenet_v1"):
+    arch = FcnArch(NUM_CLASSES, is_training=True, net=net)
+    arch.build_net(tf.placeholder(tf.float32, [1, 64, 64, 3]))
+    return arch
+
+
+def test_restore_error_names_missing_and_misshaped_variables(tmp_path):
+    checkpoint = tmp_path / "wrong.ckpt"
+    with tf.Graph().as_default():
+        tf.get_variable("MobilenetV1/Conv2d_0/weights", [3, 3, 3, 16])
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            tf.train.Saver().save(sess, str(checkpoint))
+    with tf.Graph().as_default():
+        arch = _fcn_graph()
+        with pytest.raises(SegMentorError) as err:
+            make_pretrained_restorer(arch, str(checkpoint))
+    message = str(err.value)
+    assert str(checkpoint) in message and "\n" not in message
+    assert "134 of 135 variables missing, first MobilenetV1/Conv2d_0/BatchNorm/beta" in message
+    assert "MobilenetV1/Conv2d_0/weights has shape [3, 3, 3, 16]" in message
+
+
+def test_restore_error_for_missing_file(tmp_path):
+    with tf.Graph().as_default():
+        arch = _fcn_graph()
+        with pytest.raises(SegMentorError, match="not found: .*nothing.ckpt.*--scratch"):
+            make_pretrained_restorer(arch, str(tmp_path / "nothing.ckpt"))
+
+
+def test_unknown_feature_extractor_lists_the_choices():
+    with pytest.raises(SegMentorError, match="unknown feature extractor 'vgg_17'.*mobilenet_v2"):
+        FcnArch(NUM_CLASSES, is_training=False, net="vgg_17")
+
+
+def test_finer_decoder_implies_the_coarser_skips():
+    assert FcnArch(2, False, net="mobilenet_v1", fcn8=True).output_stride == 8
+    assert FcnArch(2, False, net="mobilenet_v1", fcn4=True).decoder == "fcn4"
+    assert FcnArch(2, False, net="mobilenet_v1").decoder == "fcn32"
+
+
+def test_stats_agree_with_published_seg_mentor_figures():
+    # seg-mentor's README: MobileNetV1-FCN16 3.12 M parameters, 2.9 G MACs at 512x512.
+    params, macs = fcn_arch.network_stats("mobilenet_v1", "fcn16", 21, 512)
+    assert params / 1e6 == pytest.approx(3.12, rel=0.1)
+    assert macs / 1e9 == pytest.approx(2.9, rel=0.1)
+
+
+def test_stats_command_prints_a_row_per_network_and_decoder():
+    result = subprocess.run(
+        [sys.executable, "fcn_arch.py", "--stats", "--nets", "mobilenet_v1",
+         "--decoders", "fcn32", "fcn16", "--pixels", "128"],
+        cwd=pathlib.Path(fcn_arch.__file__).parent, capture_output=True, text=True, check=True)
+    rows = result.stdout.strip().splitlines()
+    assert rows[0].split()[:3] == ["network", "decoder", "params"]
+    assert [row.split()[:2] for row in rows[1:]] == [
+        ["mobilenet_v1", "fcn32"], ["mobilenet_v1", "fcn16"]]
