@@ -1,0 +1,321 @@
+"""fcn_train.py end to end: a thin net (mobilenet_v1, --scratch) on a tiny shapes-like
+dataset (64 px, batch 2), plus tboards/createlinks.
+
+Runs are the slow part, so module fixtures start each scenario once and
+several tests read its results.
+"""
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fcn_train
+from utils import shapes
+from utils.datasets import write_dataset_meta
+from utils.errors import run_main
+from utils.run_folder import RUNLOG_FILE, parse_runlog, read_runargs
+from utils.tf_records import RecordWriter, encode_label_png
+from utils.tfcompat import tf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASET = "tiny"
+IMAGE_SIZE_PX = 64
+NUM_IMAGES = {"train": 8, "val": 8}
+BATCH_SIZE = 2
+STEPS_PER_EPOCH = NUM_IMAGES["train"] // BATCH_SIZE
+RUN_TIMEOUT_SECS = 300
+
+
+@pytest.fixture(scope="module")
+def datapath(tmp_path_factory):
+    """<datapath>/tiny: shapes images at 64 px, known only through its dataset.json."""
+    root = tmp_path_factory.mktemp("data")
+    files = {"train": "training.tfrecords", "val": "validation.tfrecords"}
+    pixel_counts = np.zeros(len(shapes.CLASS_NAMES))
+    for split_index, (split, count) in enumerate(NUM_IMAGES.items()):
+        with RecordWriter(root / DATASET / files[split]) as writer:
+            for index in range(count):
+                image, label = shapes.make_sample(np.random.default_rng([split_index, index]),
+                                                  IMAGE_SIZE_PX)
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                writer.write(buffer.getvalue(), "png", encode_label_png(label),
+                             IMAGE_SIZE_PX, IMAGE_SIZE_PX, f"{split}_{index}.png")
+                pixel_counts += np.bincount(label.ravel(), minlength=len(pixel_counts))
+    write_dataset_meta(root / DATASET, {
+        "name": DATASET, "class_names": list(shapes.CLASS_NAMES),
+        "colors": [list(c) for c in shapes.CLASS_COLORS],
+        "class_frequencies": (pixel_counts / pixel_counts.sum()).tolist(),
+        "default_pixels": IMAGE_SIZE_PX,
+        "splits": {split: {"file": files[split], "count": n} for split, n in NUM_IMAGES.items()}})
+    return root
+
+
+def train_args(datapath, runs_dir, *extra):
+    return ["--scratch", "--fcn16", "--dataset", DATASET, "--datapath", str(datapath),
+            "--runs_dir", str(runs_dir), "--batch_size", str(BATCH_SIZE), "--log_every", "1",
+            *extra]
+
+
+def start_training(*args):
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "fcn_train.py"), *args],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def run_folders(runs_dir):
+    return sorted(path for path in Path(runs_dir).iterdir() if path.is_dir())
+
+
+def saved_step(prefix):
+    return int(tf.train.load_variable(str(prefix), "global_step"))
+
+
+def wait_for_step(process, runlog, min_step):
+    """Block until the run's latest session has logged a step >= min_step; return it."""
+    deadline = time.time() + RUN_TIMEOUT_SECS
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"training ended before step {min_step}: {process.communicate()[1]}")
+        lines = parse_runlog(runlog) if runlog.exists() else []
+        sessions = [i for i, line in enumerate(lines) if line.get("event") in ("start", "resume")]
+        steps = ([line["step"] for line in lines[sessions[-1]:] if "loss" in line]
+                 if sessions else [])
+        if steps and steps[-1] >= min_step:
+            return steps[-1]
+        time.sleep(0.05)
+    pytest.fail(f"no step {min_step} within {RUN_TIMEOUT_SECS} s")
+
+
+# --- Two short runs started at the same moment ------------------------------------------------
+
+TWO_RUNS_EPOCHS = 2
+TWO_RUNS_STEPS = TWO_RUNS_EPOCHS * STEPS_PER_EPOCH
+TWO_RUNS_EVERY = TWO_RUNS_STEPS // 2  # validation and snapshots half way and at the end
+
+
+@pytest.fixture(scope="module")
+def two_runs(datapath, tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    args = train_args(datapath, runs_dir, "--epochs", str(TWO_RUNS_EPOCHS),
+                      "--val_every", str(TWO_RUNS_EVERY), "--snapshot_every", str(TWO_RUNS_EVERY))
+    processes = [start_training(*args) for _ in range(2)]
+    outputs = [process.communicate(timeout=RUN_TIMEOUT_SECS) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    return runs_dir, [stdout for stdout, _ in outputs]
+
+
+def test_two_runs_started_together_get_their_own_folders(two_runs):
+    runs_dir, _ = two_runs
+    names = [path.name for path in run_folders(runs_dir)]
+    today = time.strftime("%Y%m%d")
+    assert names == [f"{today}_mobilenet_v1__1", f"{today}_mobilenet_v1__2"]
+
+
+def test_run_folder_holds_runargs_runlog_events_and_checkpoints(two_runs):
+    run_dir = run_folders(two_runs[0])[0]
+    files = {path.name for path in run_dir.iterdir()}
+    assert {"runargs", "runlog", "checkpoint", "fcn.ckpt.index",
+            f"fcn.ckpt_{TWO_RUNS_EVERY}.index", f"fcn.ckpt_{TWO_RUNS_STEPS}.index"} <= files
+    assert any(name.startswith("events.out.tfevents") for name in files)
+    assert saved_step(run_dir / "fcn.ckpt") == TWO_RUNS_STEPS
+    assert saved_step(run_dir / f"fcn.ckpt_{TWO_RUNS_EVERY}") == TWO_RUNS_EVERY
+
+
+def test_runargs_hold_the_resolved_settings_fcn_test_needs(two_runs, datapath):
+    runargs = read_runargs(run_folders(two_runs[0])[0])
+    assert runargs["pixels"] == IMAGE_SIZE_PX  # resolved from the dataset's default
+    assert runargs["learnrate"] == fcn_train.SCRATCH_LEARNRATE  # resolved from --scratch
+    assert runargs["datapath"] == str(datapath) and os.path.isabs(runargs["datapath"])
+    assert {k: runargs[k] for k in ("basenet", "extended_arch", "fcn16", "fcn8", "fcn4",
+                                    "trainable_upsampling", "dataset")} == dict(
+        basenet="mobilenet_v1", extended_arch="fcn", fcn16=True, fcn8=False, fcn4=False,
+        trainable_upsampling=False, dataset=DATASET)
+    assert "resume" not in runargs
+
+
+def test_runlog_has_step_validation_and_closing_lines(two_runs):
+    run_dir = run_folders(two_runs[0])[0]
+    lines = parse_runlog(run_dir / RUNLOG_FILE)
+    assert lines[0]["event"] == "start" and lines[0]["total_steps"] == TWO_RUNS_STEPS
+    assert lines[0]["init"] == "scratch"
+    step_lines = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in step_lines] == list(range(1, TWO_RUNS_STEPS + 1))
+    assert set(step_lines[0]) == {"step", "epoch", "loss", "lr", "train_miou", "img_s"}
+    assert step_lines[-1]["epoch"] == TWO_RUNS_EPOCHS
+    val_lines = [line for line in lines if "val_miou" in line]
+    assert [line["step"] for line in val_lines] == [TWO_RUNS_EVERY, TWO_RUNS_STEPS]
+    assert all(0 <= line["val_miou"] <= 1 and line["val_loss"] > 0 for line in val_lines)
+    assert lines[-1]["event"] == "done" and lines[-1]["step"] == TWO_RUNS_STEPS
+    # Each run ends its console output with one summary line naming its folder.
+    finished = sorted(stdout.strip().splitlines()[-1].split()[1] for stdout in two_runs[1])
+    assert finished == [str(path) for path in run_folders(two_runs[0])]
+
+
+def test_events_hold_scalars_and_coloured_images(two_runs):
+    run_dir = run_folders(two_runs[0])[0]
+    tags = set()
+    for events_file in run_dir.glob("events.out.tfevents*"):
+        for event in tf.train.summary_iterator(str(events_file)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"train/loss", "train/lr", "train/miou", "train/images_per_sec",
+            "val/loss", "val/miou"} <= tags
+    for name in ("val/input", "val/prediction", "val/ground_truth"):
+        assert any(tag.startswith(name + "/image") for tag in tags), name
+
+
+def test_createlinks_links_every_run_and_drops_stale_links(two_runs, tmp_path):
+    runs_dir = two_runs[0]
+    (tmp_path / "gone_run").symlink_to(tmp_path / "no_such_folder")
+    command = [sys.executable, str(REPO_ROOT / "tboards" / "createlinks"),
+               "--runs_dir", str(runs_dir), "--links_dir", str(tmp_path)]
+    for _ in range(2):  # re-running is safe
+        subprocess.run(command, check=True, capture_output=True)
+    links = sorted(tmp_path.iterdir())
+    assert [link.name for link in links] == [path.name for path in run_folders(runs_dir)]
+    assert all(link.is_symlink() and link.resolve() == (runs_dir / link.name).resolve()
+               for link in links)
+
+
+# --- One run stopped by SIGTERM, resumed, killed by SIGKILL, resumed to the end ------------------
+
+CHAIN_EPOCHS = 15
+CHAIN_STEPS = CHAIN_EPOCHS * STEPS_PER_EPOCH
+SAVE_EVERY = 5
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(datapath, tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    first = start_training(*train_args(datapath, runs_dir, "--epochs", str(CHAIN_EPOCHS),
+                                       "--save_every", str(SAVE_EVERY), "--val_every", "20"))
+    deadline = time.time() + RUN_TIMEOUT_SECS
+    while not run_folders(runs_dir) and time.time() < deadline:
+        time.sleep(0.05)
+    run_dir = run_folders(runs_dir)[0]
+    runlog = run_dir / RUNLOG_FILE
+    wait_for_step(first, runlog, 3)
+    first.send_signal(signal.SIGTERM)
+    first_stderr = first.communicate(timeout=RUN_TIMEOUT_SECS)[1]
+    stopped_step = parse_runlog(runlog)[-1]["step"]
+
+    resume_args = ["--resume", str(run_dir)]
+    second = start_training(*resume_args)
+    last_logged = wait_for_step(second, runlog, stopped_step + 2 * SAVE_EVERY)
+    second.kill()
+    second.communicate(timeout=RUN_TIMEOUT_SECS)
+
+    third = subprocess.run([sys.executable, str(REPO_ROOT / "fcn_train.py"), *resume_args],
+                           cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=RUN_TIMEOUT_SECS)
+    return dict(run_dir=run_dir, codes=[first.returncode, second.returncode, third.returncode],
+                first_stderr=first_stderr, third_stderr=third.stderr,
+                stopped_step=stopped_step, killed_after_step=last_logged,
+                lines=parse_runlog(runlog))
+
+
+def events(lines, name):
+    return [line for line in lines if line.get("event") == name]
+
+
+def test_sigterm_saves_then_exits(interrupted_run):
+    assert interrupted_run["codes"][0] == 128 + signal.SIGTERM
+    stop = events(interrupted_run["lines"], "stop")
+    assert len(stop) == 1 and stop[0]["reason"] == "SIGTERM"
+    assert "--resume" in interrupted_run["first_stderr"]
+    first_resume = events(interrupted_run["lines"], "resume")[0]
+    assert first_resume["init"] == str(interrupted_run["run_dir"] / "fcn.ckpt")
+
+
+def test_resume_continues_the_step_count(interrupted_run):
+    lines, stopped_step = interrupted_run["lines"], interrupted_run["stopped_step"]
+    first_resume = lines.index(events(lines, "resume")[0])
+    assert lines[first_resume]["step"] == stopped_step
+    assert lines[first_resume]["total_steps"] == CHAIN_STEPS
+    assert lines[first_resume + 1]["step"] == stopped_step + 1
+
+
+def test_a_killed_run_resumes_and_ends_at_the_planned_step(interrupted_run):
+    assert interrupted_run["codes"][1:] == [-signal.SIGKILL, 0], interrupted_run["third_stderr"]
+    lines = interrupted_run["lines"]
+    assert [line["event"] for line in lines if "event" in line] == [
+        "start", "stop", "resume", "resume", "done"]
+    second_resume = events(lines, "resume")[1]["step"]
+    # At most the steps since the last save are lost (more only if the kill hit a save).
+    assert interrupted_run["stopped_step"] < second_resume <= interrupted_run["killed_after_step"]
+    assert events(lines, "done")[0]["step"] == CHAIN_STEPS
+    assert saved_step(interrupted_run["run_dir"] / "fcn.ckpt") == CHAIN_STEPS
+    logged_steps = {line["step"] for line in lines if "loss" in line}
+    assert logged_steps == set(range(1, CHAIN_STEPS + 1))
+
+
+# --- Errors -----------------------------------------------------------------------------------
+
+def run_in_process(argv, capsys):
+    code = run_main(fcn_train.main, fcn_train.build_parser(), argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(datapath, tmp_path, capsys):
+    # A learning rate of 1e30 sends the weights to ~1e30 after one step: activations,
+    # batch-norm statistics and the loss overflow within a step or two.
+    code, stderr = run_in_process(train_args(datapath, tmp_path, "--learnrate", "1e30",
+                                             "--save_every", "1"), capsys)
+    assert code == 2
+    assert "training diverged" in stderr[-1] and "try a lower --learnrate" in stderr[-1]
+    run_dir = run_folders(tmp_path)[0]
+    error = parse_runlog(run_dir / RUNLOG_FILE)[-1]
+    assert error["event"] == "error" and "diverged" in error["message"]
+    assert 0 < saved_step(run_dir / "fcn.ckpt") < error["step"]
+    for name, _ in tf.train.list_variables(str(run_dir / "fcn.ckpt")):
+        assert np.isfinite(tf.train.load_variable(str(run_dir / "fcn.ckpt"), name)).all(), name
+
+
+def test_missing_pretrained_checkpoint_says_where_and_leaves_no_folder(datapath, tmp_path,
+                                                                       capsys):
+    args = [arg for arg in train_args(datapath, tmp_path / "runs") if arg != "--scratch"]
+    code, stderr = run_in_process(args + ["--modelspath", str(tmp_path)], capsys)
+    assert code == 2
+    assert str(tmp_path / "mobilenet_v1_1.0_224.ckpt") in stderr[-1]
+    assert "--scratch" in stderr[-1] and "--modelspath" in stderr[-1]
+    assert not (tmp_path / "runs").exists() or not run_folders(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--basenet", "nope"], "argument --basenet: invalid choice: 'nope'"),
+    (["--batch_size", "-3"], "argument --batch_size: must be > 0, got -3"),
+    (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--momentum", "1.5"], "argument --momentum: must be strictly between 0 and 1"),
+    (["--decaylr", "--lr_schedule", "3"], "--decaylr and --lr_schedule are two schedules"),
+    (["--epochs", "5", "--lr_schedule", "2", "5"], "--lr_schedule epochs must lie inside"),
+    (["--scratch", "--modelspath", "/models"], "--modelspath would be unused"),
+    (["--resume", "tmp/x", "--epochs", "3"], "--resume takes every setting from tmp/x/runargs"),
+])
+def test_bad_flags_give_one_line_and_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fcn_train.build_parser().parse_args(argv)
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(stderr) == 1 and stderr[0].startswith("fcn_train.py: error: ")
+    assert message in stderr[0]
+
+
+def test_user_errors_reach_the_shell_as_one_line_without_traceback(datapath, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "fcn_train.py"), "--dataset", "nosuch",
+         "--datapath", str(datapath), "--runs_dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECS)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fcn_train.py: error: unknown dataset 'nosuch'")
+    assert DATASET in last  # names the datasets it did find
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,283 @@
+"""Training building blocks: run folder, runargs, runlog, loss, class weights,
+lr schedules, optimizers, checkpoints (utils/run_folder.py, utils/training.py,
+utils/checkpoints.py)."""
+import datetime
+import json
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from utils import checkpoints, inference, run_folder, training
+from utils.datasets import IGNORE_LABEL, DatasetSpec
+from utils.errors import SegMentorError
+from utils.tfcompat import tf
+
+DATE = datetime.date(2024, 1, 31)
+
+
+# --- run folder --------------------------------------------------------------------
+
+def test_run_dirs_are_numbered_per_date_and_net(tmp_path):
+    names = [os.path.basename(run_folder.create_run_dir(tmp_path, net, DATE))
+             for net in ("mobilenet_v1", "mobilenet_v1", "vgg_16", "mobilenet_v1")]
+    assert names == ["20240131_mobilenet_v1__1", "20240131_mobilenet_v1__2",
+                     "20240131_vgg_16__1", "20240131_mobilenet_v1__3"]
+    assert os.path.basename(run_folder.create_run_dir(tmp_path, "vgg_16")).startswith(
+        datetime.date.today().strftime("%Y%m%d") + "_vgg_16__")
+
+
+def test_run_dirs_claimed_at_the_same_moment_differ(tmp_path):
+    num_runs = 16
+    start = threading.Barrier(num_runs)
+    claimed = []
+
+    def claim():
+        start.wait()
+        claimed.append(run_folder.create_run_dir(tmp_path, "mobilenet_v1", DATE))
+
+    threads = [threading.Thread(target=claim) for _ in range(num_runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(claimed)) == num_runs
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"20240131_mobilenet_v1__{n}" for n in range(1, num_runs + 1))
+
+
+def test_runargs_round_trip_as_sorted_json(tmp_path):
+    settings = {"pixels": 64, "basenet": "mobilenet_v1", "fcn16": True, "lr_schedule": [2.0, 4.5],
+                "weight_decay": None}
+    run_folder.write_runargs(tmp_path, settings)
+    assert run_folder.read_runargs(tmp_path) == settings
+    text = (tmp_path / run_folder.RUNARGS_FILE).read_text()
+    assert list(json.loads(text)) == sorted(settings)
+    assert run_folder.is_run_dir(tmp_path)
+    assert os.listdir(tmp_path) == [run_folder.RUNARGS_FILE]  # no partial file left
+
+
+def test_missing_or_corrupt_runargs_is_a_user_error(tmp_path):
+    with pytest.raises(SegMentorError, match="not a training run folder"):
+        run_folder.read_runargs(tmp_path)
+    (tmp_path / run_folder.RUNARGS_FILE).write_text('{"basenet": ')
+    with pytest.raises(SegMentorError, match="damaged"):
+        run_folder.read_runargs(tmp_path)
+
+
+def test_runlog_lines_parse_back(tmp_path):
+    with run_folder.RunLog(tmp_path) as log:
+        log.event("start", step=0, run=str(tmp_path))
+        line = log.write(step=300, epoch=2.1, loss=0.41234, lr=3e-4, train_miou=0.61, img_s=9.8)
+        log.write(step=300, val_loss=0.5, val_miou=0.58)
+        log.event("error", step=301, message='loss is NaN;\n it\'s "bad"')
+    assert line == "step=300 epoch=2.1 loss=0.4123 lr=0.0003 train_miou=0.61 img_s=9.8"
+    with run_folder.RunLog(tmp_path) as log:  # a resumed run appends
+        log.event("resume", step=300)
+    lines = run_folder.parse_runlog(tmp_path / run_folder.RUNLOG_FILE)
+    assert [entry.get("event") for entry in lines] == ["start", None, None, "error", "resume"]
+    assert lines[1] == dict(step=300, epoch=2.1, loss=0.4123, lr=3e-4, train_miou=0.61, img_s=9.8)
+    assert lines[2] == dict(step=300, val_loss=0.5, val_miou=0.58)
+    assert lines[3]["message"] == 'loss is NaN; it\'s "bad"'
+    assert lines[0]["run"] == str(tmp_path)
+
+
+# --- loss and scores ------------------------------------------------------------------
+
+def numpy_loss(logits, labels, weights=None):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    valid = labels != IGNORE_LABEL
+    safe = np.where(valid, labels, 0)
+    nll = -np.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+    pixel_weights = valid * (1.0 if weights is None else weights[safe])
+    return (nll * pixel_weights).sum() / valid.sum()
+
+
+def random_batch(num_classes=4, shape=(2, 5, 6), seed=0):
+    rng = np.random.RandomState(seed)
+    logits = rng.normal(0, 2, shape + (num_classes,)).astype(np.float32)
+    labels = rng.randint(0, num_classes, shape).astype(np.int32)
+    labels[rng.rand(*shape) < 0.3] = IGNORE_LABEL
+    return logits, labels
+
+
+@pytest.mark.parametrize("weights", [None, np.array([0.5, 1.0, 2.0, 4.0])])
+def test_loss_counts_valid_pixels_only_and_matches_numpy(weights):
+    logits, labels = random_batch()
+    changed = logits.copy()
+    changed[labels == IGNORE_LABEL] = 100.0  # nothing under an ignored pixel may matter
+    with tf.Graph().as_default(), tf.Session() as sess:
+        logits_in = tf.placeholder(tf.float32, logits.shape)
+        loss = training.segmentation_loss(logits_in, tf.constant(labels), IGNORE_LABEL, weights)
+        value = sess.run(loss, {logits_in: logits})
+        value_changed = sess.run(loss, {logits_in: changed})
+    assert value == pytest.approx(numpy_loss(logits, labels, weights), rel=1e-5)
+    assert value_changed == pytest.approx(value, rel=1e-6)
+
+
+def test_loss_of_an_all_ignored_batch_is_zero():
+    labels = np.full((1, 3, 3), IGNORE_LABEL, np.int32)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        loss = training.segmentation_loss(tf.ones([1, 3, 3, 2]), tf.constant(labels), IGNORE_LABEL)
+        assert sess.run(loss) == 0.0
+
+
+def test_batch_confusion_equals_the_numpy_confusion_matrix():
+    logits, labels = random_batch(num_classes=5, shape=(3, 7, 9), seed=1)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        conf = sess.run(training.batch_confusion(tf.constant(logits), tf.constant(labels), 5,
+                                                 IGNORE_LABEL))
+    expected = inference.confusion_matrix(labels, logits.argmax(-1), 5, IGNORE_LABEL)
+    np.testing.assert_array_equal(conf, expected)
+
+
+# --- class weights ------------------------------------------------------------------
+
+def spec_with(frequencies):
+    names = tuple(f"c{i}" for i in range(4))
+    return DatasetSpec(name="toy", class_names=names, colors=(), class_frequencies=frequencies,
+                       default_pixels=64, converter="make-toy")
+
+
+def test_class_weights_from_frequencies():
+    spec = spec_with((0.5, 0.25, 0.25, 0.0))
+    assert training.class_weights("none", spec) is None
+    inverse = training.class_weights("inverse-frequency", spec)
+    np.testing.assert_allclose(inverse, [2 / 3, 4 / 3, 4 / 3, 0.0])
+    # the average training pixel keeps weight 1
+    assert np.dot(inverse, spec.class_frequencies) == pytest.approx(1.0)
+    np.testing.assert_allclose(training.class_weights("median-frequency", spec),
+                               [0.5, 1.0, 1.0, 0.0])
+
+
+def test_class_weighting_without_frequencies_is_a_user_error():
+    with pytest.raises(SegMentorError, match="no class frequencies.*--class_weighting none"):
+        training.class_weights("median-frequency", spec_with(None))
+
+
+# --- learning-rate schedule --------------------------------------------------------
+
+@pytest.mark.parametrize("schedule, drop_epochs, expected", [
+    ("constant", (), {0: 1.0, 599: 1.0}),
+    ("thirds", (), {0: 1.0, 199: 1.0, 200: 0.1, 399: 0.1, 400: 0.01, 599: 0.01}),
+    ("epochs", (2.5, 1), {0: 1.0, 9: 1.0, 10: 0.1, 24: 0.1, 25: 0.01, 599: 0.01}),
+])
+def test_learning_rate_at_steps(schedule, drop_epochs, expected):
+    total_steps, steps_per_epoch = 600, 10
+    drops = training.lr_drop_steps(schedule, total_steps, steps_per_epoch, drop_epochs)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        step = tf.placeholder(tf.int64, [])
+        lr = training.learning_rate(1.0, step, drops)
+        values = {s: sess.run(lr, {step: s}) for s in expected}
+    assert values == pytest.approx(expected, rel=1e-6)
+
+
+# --- optimizer ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", list(training.OPTIMIZERS))
+@pytest.mark.parametrize("difflr, expected_ratio", [(False, 1.0), (True, training.DIFFLR_FACTOR)])
+def test_difflr_moves_decoder_variables_ten_times_further(optimizer, difflr, expected_ratio):
+    """Same gradient on an encoder and a decoder weight; compare one step's change."""
+    lr = 1e-3
+    with tf.Graph().as_default(), tf.Session() as sess:
+        encoder = tf.get_variable("encoder_w", initializer=1.0)
+        decoder = tf.get_variable("decoder_w", initializer=1.0)
+        counter = tf.get_variable("bn_updates", initializer=0, trainable=False)
+        tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign_add(counter, 1))
+        global_step = tf.train.get_or_create_global_step()
+        train_op = training.make_train_op(3.0 * (encoder + decoder), global_step, lr, optimizer,
+                                          momentum=0.9, epsilon=1e-8, pretrained_vars=[encoder],
+                                          new_vars=[decoder], difflr=difflr)
+        sess.run(tf.global_variables_initializer())
+        sess.run(train_op)
+        encoder_step, decoder_step = (1.0 - value for value in sess.run([encoder, decoder]))
+        assert sess.run([global_step, counter]) == [1, 1]  # stepped once, UPDATE_OPS ran
+    assert encoder_step > 0
+    assert decoder_step / encoder_step == pytest.approx(expected_ratio, rel=1e-4)
+
+
+def test_stop_requests_turn_the_first_signal_into_a_flag():
+    with training.StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal_name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is not stop._handle
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+def variables_graph():
+    weights = tf.get_variable("w", initializer=np.zeros(1000, np.float32))
+    global_step = tf.train.get_or_create_global_step()
+    return weights, global_step
+
+
+def save_at(sess, keeper, weights, global_step, step, snapshot):
+    sess.run([tf.assign(weights, tf.fill([1000], float(step))), tf.assign(global_step, step)])
+    keeper.save(sess, step, snapshot)
+
+
+def test_saves_write_latest_snapshots_and_the_state_file(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        assert keeper.restore_newest(sess) is None
+        for step, snapshot in ((5, True), (10, False), (15, True), (20, False)):
+            save_at(sess, keeper, weights, global_step, step, snapshot)
+    assert checkpoints.snapshot_steps(str(tmp_path)) == [5, 15]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "fcn.ckpt")
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+        "fcn.ckpt_5", "fcn.ckpt_15", "fcn.ckpt"]
+    assert "/" not in (tmp_path / "checkpoint").read_text()  # relative: the folder can move
+    assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_15"), "global_step") == 15
+    assert tf.train.load_variable(str(tmp_path / "fcn.ckpt"), "global_step") == 20
+
+
+def test_resume_skips_a_damaged_latest_checkpoint(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        save_at(sess, keeper, weights, global_step, 5, snapshot=True)
+        save_at(sess, keeper, weights, global_step, 10, snapshot=True)
+        # As a kill between TF's two renames leaves it: the new data file beside
+        # the old index (the layout is the same, only the bytes differ).
+        old_index = (tmp_path / "fcn.ckpt.index").read_bytes()
+        save_at(sess, keeper, weights, global_step, 15, snapshot=False)
+        (tmp_path / "fcn.ckpt.index").write_bytes(old_index)
+        (tmp_path / "fcn.ckpt_10.data-00000-of-00001").write_bytes(b"truncated")
+        (tmp_path / "fcn.ckpt.data-00000-of-00001.tempstate123").write_bytes(b"half")
+        skipped = []
+        restored = keeper.restore_newest(sess, on_skip=lambda path, why: skipped.append(path))
+        assert restored == str(tmp_path / "fcn.ckpt_5")
+        assert skipped == [str(tmp_path / "fcn.ckpt"), str(tmp_path / "fcn.ckpt_10")]
+        assert sess.run(global_step) == 5
+        np.testing.assert_array_equal(sess.run(weights), np.full(1000, 5.0))
+    assert not list(tmp_path.glob("*tempstate*"))
+
+
+def test_resume_with_only_damaged_checkpoints_is_a_user_error(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        save_at(sess, keeper, weights, global_step, 5, snapshot=True)
+        for data in tmp_path.glob("*.data-*"):
+            data.write_bytes(b"")
+        with pytest.raises(SegMentorError, match="none of the 2 checkpoints"):
+            keeper.restore_newest(sess)
+
+
+def test_all_finite_spots_nan_and_inf_in_any_float_variable():
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights = tf.get_variable("w", initializer=[1.0, 2.0])
+        tf.train.get_or_create_global_step()  # an integer variable: never checked
+        finite = training.all_finite(tf.global_variables())
+        sess.run(tf.global_variables_initializer())
+        assert sess.run(finite)
+        for bad in (np.nan, np.inf):
+            sess.run(tf.assign(weights, [1.0, bad]))
+            assert not sess.run(finite)

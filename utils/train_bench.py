@@ -1,0 +1,204 @@
+"""Training benchmark: images/s of each feature extractor with FCN16, against this machine's peak.
+
+    python -m utils.train_bench --pixels 512 --batch_size 16                  # every net
+    python -m utils.train_bench --nets mobilenet_v1 --datapath data          # + input pipeline
+
+For each net it times training steps (forward, backward, Adam) and inference
+(eval tower, predictions fetched) on one constant batch held in memory, so no
+input pipeline takes part, and turns them into GFLOP/s using the net's
+multiply-accumulates (`fcn_arch.network_stats`): a training step counts as 3x
+the forward pass (forward, gradients of activations, gradients of weights).
+The peak is a large float32 matmul timed in the same process (on GPUs with
+TF32 enabled, TensorFlow's default, it is the TF32 peak that convolutions
+also use).
+
+With CamVid records under --datapath it also times the first net's training
+step on real batches from the feeder (augmented, as in fcn_train.py) against
+the constant batch: the difference is what the input pipeline costs.
+"""
+if __package__ in (None, ""):  # run as `python utils/train_bench.py`: make `utils` importable
+    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time logging
+import fcn_arch  # noqa: E402
+from utils import training  # noqa: E402
+from utils.augmentation import AugmentParams  # noqa: E402
+from utils.datasets import DATASETS, DEFAULT_DATAPATH, IGNORE_LABEL, load_dataset  # noqa: E402
+from utils.errors import SegMentorError, run_main  # noqa: E402
+from utils.feeder import Feeder  # noqa: E402
+
+DECODER = "fcn16"
+BENCH_DATASET = "camvid"          # its class count sizes the score layers; its records feed
+# A training step does the forward pass, then gradients with respect to activations and
+# to weights, each about as costly as the forward pass.
+TRAIN_FLOPS_PER_FORWARD = 3
+FLOPS_PER_MAC = 2
+WARMUP_STEPS = 3                  # graph optimisation, autotuning, prefetch buffers
+MATMUL_SIZE = 4096                # big enough to reach the peak on CPUs and GPUs alike
+MIN_PEAK_SECS = 2.0               # time the matmul at least this long
+LEARNRATE = 1e-4                  # small: steps must not diverge during the timing
+ADAM_BETA1, ADAM_EPSILON = 0.9, 1e-8  # fcn_train.py's defaults (they do not change the cost)
+
+
+def machine_description():
+    """'<CPU model> x<cores>' plus the GPU name when TensorFlow sees one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    description = f"{cpu}, {os.cpu_count()} cores"
+    for gpu in tf.config.list_physical_devices("GPU"):
+        name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        description += f", GPU {name}"
+    return description
+
+
+def timed_runs(sess, fetch, num_steps, feed=None):
+    """Seconds per sess.run of `fetch`, after WARMUP_STEPS untimed ones."""
+    for _ in range(WARMUP_STEPS):
+        sess.run(fetch, feed)
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        sess.run(fetch, feed)
+    return (time.perf_counter() - start) / num_steps
+
+
+def matmul_peak_gflops(size=MATMUL_SIZE):
+    """float32 GFLOP/s of a size x size matmul (2 size^3 FLOPs), timed >= MIN_PEAK_SECS."""
+    with tf.Graph().as_default():
+        a = tf.Variable(tf.random.uniform([size, size]), trainable=False)
+        b = tf.Variable(tf.random.uniform([size, size]), trainable=False)
+        # Reducing on the device keeps the result transfer out of the timing.
+        product = tf.reduce_sum(tf.matmul(a, b))
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            secs_per_run = timed_runs(sess, product, 1)
+            runs = max(1, int(MIN_PEAK_SECS / secs_per_run))
+            secs_per_run = timed_runs(sess, product, runs)
+    return FLOPS_PER_MAC * size ** 3 / secs_per_run / 1e9
+
+
+def constant_batch(batch_size, pixels, num_classes, seed=0):
+    """(images, labels) held in non-trainable variables: a batch that costs nothing to feed."""
+    images = tf.Variable(tf.random.uniform([batch_size, pixels, pixels, 3], 0, 255, seed=seed),
+                         trainable=False, name="bench_images")
+    labels = tf.Variable(tf.random.uniform([batch_size, pixels, pixels], 0, num_classes,
+                                           dtype=tf.int32, seed=seed),
+                         trainable=False, name="bench_labels")
+    return images, labels
+
+
+def train_and_predict_ops(net, images, labels, num_classes):
+    """(train op, predictions) of FCN16 over `net`: a train tower and an eval tower."""
+    options = dict(net=net, **{DECODER: True})
+    train_arch = fcn_arch.FcnArch(num_classes, is_training=True, **options)
+    eval_arch = fcn_arch.FcnArch(num_classes, is_training=False, **options)
+    with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+        train_logits = train_arch.build_net(images)
+        eval_logits = eval_arch.build_net(images)
+    loss = training.segmentation_loss(train_logits, labels, IGNORE_LABEL)
+    pretrained_vars, new_vars = training.trainable_pretrained_and_new(train_arch)
+    train_op = training.make_train_op(loss, tf.train.get_or_create_global_step(), LEARNRATE,
+                                      "adam", ADAM_BETA1, ADAM_EPSILON, pretrained_vars, new_vars)
+    return train_op, tf.argmax(eval_logits, axis=-1, output_type=tf.int32)
+
+
+def bench_net(net, num_classes, pixels, batch_size, num_steps):
+    """(train images/s, inference images/s) of one net on a constant batch."""
+    with tf.Graph().as_default():
+        images, labels = constant_batch(batch_size, pixels, num_classes)
+        train_op, predictions = train_and_predict_ops(net, images, labels, num_classes)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            train_secs = timed_runs(sess, train_op, num_steps)
+            infer_secs = timed_runs(sess, predictions, num_steps)
+    return batch_size / train_secs, batch_size / infer_secs
+
+
+def bench_input_pipeline(net, spec, datapath, pixels, batch_size, num_steps):
+    """(secs per training step on feeder batches, on a constant batch), one graph each."""
+    step_secs = []
+    for use_feeder in (True, False):
+        with tf.Graph().as_default():
+            if use_feeder:
+                feeder = Feeder(spec, datapath, batch_size, pixels, augment=AugmentParams())
+                images, labels = feeder.images, feeder.labels
+            else:
+                images, labels = constant_batch(batch_size, pixels, spec.num_classes)
+            train_op, _ = train_and_predict_ops(net, images, labels, spec.num_classes)
+            with tf.Session() as sess:
+                sess.run(tf.global_variables_initializer())
+                feed = {feeder.handle: feeder.train_handle(sess)} if use_feeder else None
+                step_secs.append(timed_runs(sess, train_op, num_steps, feed))
+    return tuple(step_secs)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=f"Training and inference images/s of every feature extractor with "
+                    f"{DECODER.upper()}, as GFLOP/s against a float32 matmul peak; with "
+                    f"CamVid records, the input pipeline's cost too.")
+    parser.add_argument("--nets", nargs="+", choices=list(fcn_arch.FEATURE_EXTRACTORS),
+                        default=list(fcn_arch.FEATURE_EXTRACTORS),
+                        help="feature extractors to time (default: all)")
+    parser.add_argument("--pixels", type=int, default=512,
+                        help="square input side (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="images per step (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help=f"timed steps per measurement, after {WARMUP_STEPS} warm-up ones "
+                             f"(default: %(default)s)")
+    parser.add_argument("--datapath", default=DEFAULT_DATAPATH,
+                        help=f"folder holding {BENCH_DATASET}/*.tfrecords for the input-pipeline "
+                             f"comparison (default: %(default)s; skipped when absent)")
+    parser.add_argument("--pipeline_net", choices=list(fcn_arch.FEATURE_EXTRACTORS),
+                        default="mobilenet_v1",
+                        help="net of the input-pipeline comparison (default: %(default)s)")
+    return parser
+
+
+def main(args):
+    if min(args.pixels, args.batch_size, args.steps) < 1:
+        raise SegMentorError("--pixels, --batch_size and --steps must be >= 1")
+    num_classes = DATASETS[BENCH_DATASET].num_classes
+    peak = matmul_peak_gflops()
+    print(f"machine: {machine_description()}; TensorFlow {tf.version.VERSION}")
+    print(f"float32 matmul peak ({MATMUL_SIZE}^2): {peak:.0f} GFLOP/s")
+    print(f"{DECODER.upper()}, {args.pixels} px, batch {args.batch_size}, {num_classes} classes, "
+          f"{args.steps} timed steps")
+    header = (f"{'net':<14}{'GFLOP/img':>10}{'train img/s':>13}{'train GFLOP/s':>15}"
+              f"{'% peak':>8}{'infer img/s':>13}{'infer GFLOP/s':>15}{'% peak':>8}")
+    print(header)
+    for net in args.nets:
+        _, macs = fcn_arch.network_stats(net, DECODER, num_classes, args.pixels)
+        forward_gflop = FLOPS_PER_MAC * macs / 1e9
+        train_rate, infer_rate = bench_net(net, num_classes, args.pixels, args.batch_size,
+                                           args.steps)
+        train_gflops = train_rate * TRAIN_FLOPS_PER_FORWARD * forward_gflop
+        infer_gflops = infer_rate * forward_gflop
+        print(f"{net:<14}{forward_gflop:>10.2f}{train_rate:>13.1f}{train_gflops:>15.0f}"
+              f"{100 * train_gflops / peak:>7.0f}%{infer_rate:>13.1f}{infer_gflops:>15.0f}"
+              f"{100 * infer_gflops / peak:>7.0f}%", flush=True)
+
+    try:
+        spec = load_dataset(BENCH_DATASET, args.datapath)
+    except SegMentorError as err:
+        print(f"input pipeline: skipped ({err})")
+        return
+    feeder_secs, constant_secs = bench_input_pipeline(args.pipeline_net, spec, args.datapath,
+                                                      args.pixels, args.batch_size, args.steps)
+    print(f"input pipeline ({BENCH_DATASET}, {args.pipeline_net}): training step "
+          f"{feeder_secs:.3f} s on real batches vs {constant_secs:.3f} s on a constant batch: "
+          f"{100 * (feeder_secs / constant_secs - 1):+.1f}% (target < 5%)")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, build_parser()))

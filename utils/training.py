@@ -1,0 +1,247 @@
+"""What a training step is made of: loss, class weights, lr schedule, optimizer.
+
+    weights = class_weights('median-frequency', spec)         # numpy [C] or None
+    loss = segmentation_loss(logits, labels, IGNORE_LABEL, weights)
+    lr = learning_rate(3e-4, global_step, lr_drop_steps('thirds', total_steps, steps_per_epoch))
+    train_op = make_train_op(loss, global_step, lr, 'adam', 0.9, 1e-8,
+                             *trainable_pretrained_and_new(arch))
+
+Everything that changes over training is a function of `global_step` inside
+the graph, so a resumed run picks up exactly where the checkpoint left off.
+Run-folder files live in `utils/run_folder.py`, checkpoints in
+`utils/checkpoints.py`.
+"""
+import signal
+
+import numpy as np
+
+from utils.errors import SegMentorError
+from utils.tfcompat import tf
+
+
+# --- Loss -----------------------------------------------------------------------
+
+def pixel_cross_entropy(logits, labels, ignore_label, class_weights=None):
+    """(weighted cross-entropy summed over valid pixels, number of valid pixels).
+
+    logits float32 [B, H, W, C], labels int [B, H, W]. Pixels labelled
+    `ignore_label` add nothing to either sum. Returning the two sums (not
+    their ratio) lets validation average exactly over many batches.
+    """
+    valid = tf.not_equal(labels, ignore_label)
+    # Any class id works under an ignored pixel: its weight is zero anyway.
+    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels,
+                                                                   logits=logits)
+    valid = tf.cast(valid, tf.float32)
+    weights = valid
+    if class_weights is not None:
+        weights *= tf.gather(tf.constant(class_weights, tf.float32), safe_labels)
+    return tf.reduce_sum(cross_entropy * weights), tf.reduce_sum(valid)
+
+
+def segmentation_loss(logits, labels, ignore_label, class_weights=None):
+    """Mean weighted cross-entropy per valid pixel (0 for a batch with none).
+
+    Dividing by the pixel count rather than the weight sum keeps class
+    weighting a real re-weighting: a batch of rare classes does pull harder.
+    """
+    total, num_valid = pixel_cross_entropy(logits, labels, ignore_label, class_weights)
+    return total / tf.maximum(num_valid, 1.0)
+
+
+def batch_confusion(logits, labels, num_classes, ignore_label):
+    """int64 [C, C] pixel counts of one batch (rows = truth), ignored pixels left out.
+
+    Counted in the graph so a step fetches C*C numbers instead of two
+    [B, H, W] maps; the scores are computed from it by
+    `utils.inference.segmentation_metrics`, the one home of the mIoU maths.
+    """
+    valid = tf.not_equal(labels, ignore_label)
+    predictions = tf.boolean_mask(tf.argmax(logits, axis=-1, output_type=labels.dtype), valid)
+    return tf.math.confusion_matrix(tf.boolean_mask(labels, valid), predictions,
+                                    num_classes=num_classes, dtype=tf.int64)
+
+
+# --- Class weights (from the dataset's train pixel frequencies) ------------------
+
+def _inverse_frequency(frequencies):
+    """w_c = 1 / (C * f_c): rare classes count more, the average pixel weighs 1."""
+    present = frequencies > 0
+    weights = np.zeros_like(frequencies)
+    weights[present] = 1.0 / (present.sum() * frequencies[present])
+    return weights
+
+
+def _median_frequency(frequencies):
+    """w_c = median(f) / f_c (Eigen & Fergus 2015; SegNet's CamVid weights)."""
+    present = frequencies > 0
+    weights = np.zeros_like(frequencies)
+    weights[present] = np.median(frequencies[present]) / frequencies[present]
+    return weights
+
+
+# A class absent from the training pixels gets weight 0 under both schemes:
+# it never appears in a training label, and 1/0 would poison the constant.
+CLASS_WEIGHTINGS = {
+    "none": None,
+    "inverse-frequency": _inverse_frequency,
+    "median-frequency": _median_frequency,
+}
+
+
+def class_weights(method, spec):
+    """float64 [num_classes] loss weights of `spec`'s classes, or None for 'none'."""
+    weigh = CLASS_WEIGHTINGS[method]
+    if weigh is None:
+        return None
+    if not spec.class_frequencies:
+        raise SegMentorError(
+            f"dataset {spec.name} has no class frequencies, which --class_weighting {method} "
+            f"needs; rerun its converter (it stores them in dataset.json) or use "
+            f"--class_weighting none")
+    frequencies = np.asarray(spec.class_frequencies, np.float64)
+    if frequencies.shape != (spec.num_classes,) or (frequencies < 0).any():
+        raise SegMentorError(f"dataset {spec.name} lists {frequencies.size} class frequencies "
+                             f"for {spec.num_classes} classes; rerun its converter")
+    return weigh(frequencies)
+
+
+# --- Learning-rate schedule ----------------------------------------------------------
+
+# Each drop divides the learning rate by this factor.
+LR_DROP_FACTOR = 10.0
+
+
+def _no_drops(total_steps, steps_per_epoch, drop_epochs):
+    return []
+
+
+def _drops_at_thirds(total_steps, steps_per_epoch, drop_epochs):
+    return [round(total_steps / 3), round(2 * total_steps / 3)]
+
+
+def _drops_at_epochs(total_steps, steps_per_epoch, drop_epochs):
+    return sorted(round(epoch * steps_per_epoch) for epoch in drop_epochs)
+
+
+LR_SCHEDULES = {
+    "constant": _no_drops,
+    "thirds": _drops_at_thirds,   # --decaylr
+    "epochs": _drops_at_epochs,   # --lr_schedule EPOCH ...
+}
+
+
+def lr_drop_steps(schedule, total_steps, steps_per_epoch, drop_epochs=()):
+    """Global steps from which the learning rate is LR_DROP_FACTOR times lower, ascending."""
+    return LR_SCHEDULES[schedule](total_steps, steps_per_epoch, drop_epochs)
+
+
+def learning_rate(base_lr, global_step, drop_steps):
+    """float32 scalar: base_lr / LR_DROP_FACTOR**(number of drop steps <= global_step).
+
+    A step runs with the rate of the global step it starts from, so the first
+    step at the lower rate is exactly `drop_steps[i]`.
+    """
+    if not drop_steps:
+        return tf.constant(base_lr, tf.float32, name="learning_rate")
+    num_drops = tf.add_n([tf.cast(global_step >= step, tf.float32) for step in drop_steps])
+    return tf.multiply(base_lr, tf.pow(1.0 / LR_DROP_FACTOR, num_drops), name="learning_rate")
+
+
+# --- Optimizers ----------------------------------------------------------------------
+
+OPTIMIZERS = {
+    "adam": lambda lr, momentum, epsilon: tf.train.AdamOptimizer(
+        lr, beta1=momentum, epsilon=epsilon),
+    # Plain SGD with momentum, as in the FCN paper; epsilon is Adam's alone.
+    "momentum": lambda lr, momentum, epsilon: tf.train.MomentumOptimizer(lr, momentum),
+}
+
+# --difflr: how much faster the new decoder layers learn than the pretrained encoder.
+DIFFLR_FACTOR = 10.0
+
+
+def trainable_pretrained_and_new(arch):
+    """([trainable encoder variables], [trainable decoder variables]) of a built arch.
+
+    Batch-norm moving averages sit in the encoder mapping but are not trained.
+    """
+    pretrained, new = arch.get_pretrained_and_new_vars()
+    trainable = {variable.op.name for variable in tf.trainable_variables()}
+    return ([v for v in pretrained.values() if v.op.name in trainable],
+            [v for v in new if v.op.name in trainable])
+
+
+def make_train_op(loss, global_step, lr, optimizer, momentum, epsilon,
+                  pretrained_vars, new_vars, difflr=False):
+    """One training step: minimise `loss`, update batch-norm averages, count the step.
+
+    With `difflr` the new variables get a second optimizer whose learning
+    rate is DIFFLR_FACTOR times higher. Multiplying their gradients instead
+    (DeepLab's gradient multipliers) would do nothing under Adam, which
+    divides each gradient by its own running RMS.
+    """
+    make_optimizer = OPTIMIZERS[optimizer]
+    if difflr:
+        groups = [(make_optimizer(lr, momentum, epsilon), pretrained_vars),
+                  (make_optimizer(lr * DIFFLR_FACTOR, momentum, epsilon), new_vars)]
+    else:
+        groups = [(make_optimizer(lr, momentum, epsilon), pretrained_vars + new_vars)]
+    # Our batch norm leaves its moving-average updates in UPDATE_OPS; running
+    # them with every step is what makes the eval tower's statistics right.
+    with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
+        variables = [v for _, group in groups for v in group]
+        gradients = dict(zip([v.op.name for v in variables], tf.gradients(loss, variables)))
+        apply_ops = []
+        for optimizer_object, group in groups:
+            pairs = [(gradients[v.op.name], v) for v in group if gradients[v.op.name] is not None]
+            if pairs:
+                apply_ops.append(optimizer_object.apply_gradients(pairs))
+    with tf.control_dependencies(apply_ops):
+        return tf.assign_add(global_step, 1, name="train_step")
+
+
+def all_finite(variables):
+    """bool scalar: no NaN or Inf in any of the (floating-point) `variables`.
+
+    Checked before each save, so no checkpoint ever holds a diverged state.
+    """
+    checks = [tf.reduce_all(tf.is_finite(v)) for v in variables if v.dtype.base_dtype.is_floating]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+# --- Stopping on request -----------------------------------------------------------------
+
+class StopRequests:
+    """Turns SIGINT / SIGTERM into a flag the loop checks between steps.
+
+    A signal arriving mid-step would otherwise kill the run before it can
+    save; with the flag the loop finishes the step, saves and exits. A second
+    signal raises KeyboardInterrupt at once, for a user who will not wait.
+
+        with StopRequests() as stop:
+            while ...:
+                ...
+                if stop.signal_name: save(); break
+    """
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signal_name:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self):
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
