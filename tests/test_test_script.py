@@ -1,0 +1,367 @@
+"""fcn_test.py end to end on a tiny run trained by fcn_train.py, plus the
+play-with-me notebook and TensorBoard over that run.
+
+The run (mobilenet_v1 FCN16 from scratch, 4 steps at 64 px) is trained once
+per module on shapes-like data whose validation images have odd sizes, so
+every test here also checks that predictions come back at source size.
+"""
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+from PIL import Image
+
+import fcn_test
+from utils import shapes
+from utils.datasets import IGNORE_LABEL, load_dataset, write_dataset_meta
+from utils.errors import EXIT_USER_ERROR, run_main
+from utils.feeder import make_eval_dataset
+from utils.prediction import predictions_at_source_size
+from utils.tf_records import RecordWriter, encode_label_png
+from utils.tfcompat import tf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASET = "tiny_odd"
+TRAIN_PIXELS = 64
+NUM_TRAIN_IMAGES = 6
+# Odd, non-square validation sizes (height, width): native-size inference must
+# handle sizes that are not multiples of the network stride.
+VAL_SIZES = ((45, 61), (50, 37), (33, 70), (64, 64), (41, 41))
+SNAPSHOT_STEPS = (2, 4)  # 2 epochs x 2 steps of batch 3, a snapshot every 2 steps
+VIDEO_FRAMES, VIDEO_SIZE = 7, (70, 90)  # (height, width)
+SUBPROCESS_TIMEOUT_SECS = 300
+
+
+def _encode_png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(datapath, {val file name: label}) of a shapes-like dataset known through its dataset.json."""
+    root = tmp_path_factory.mktemp("data")
+    files = {"train": "training.tfrecords", "val": "validation.tfrecords"}
+    val_labels = {}
+    with RecordWriter(root / DATASET / files["train"]) as writer:
+        for index in range(NUM_TRAIN_IMAGES):
+            image, label = shapes.make_sample(np.random.default_rng([0, index]), TRAIN_PIXELS)
+            writer.write(_encode_png(image), "png", encode_label_png(label), TRAIN_PIXELS,
+                         TRAIN_PIXELS, f"train_{index}.png")
+    with RecordWriter(root / DATASET / files["val"]) as writer:
+        for index, (height, width) in enumerate(VAL_SIZES):
+            image, label = shapes.make_sample(np.random.default_rng([1, index]), 96)
+            image, label = image[:height, :width], label[:height, :width].copy()
+            label[0, :] = IGNORE_LABEL  # a void row, as real datasets have
+            name = f"val_{index:02d}.png"
+            writer.write(_encode_png(image), "png", encode_label_png(label), height, width, name)
+            val_labels[name] = label
+    write_dataset_meta(root / DATASET, {
+        "name": DATASET, "class_names": list(shapes.CLASS_NAMES),
+        "colors": [list(color) for color in shapes.CLASS_COLORS],
+        "splits": {"train": {"file": files["train"], "count": NUM_TRAIN_IMAGES},
+                   "val": {"file": files["val"], "count": len(VAL_SIZES)}}})
+    return root, val_labels
+
+
+@pytest.fixture(scope="module")
+def run_dir(data, tmp_path_factory):
+    """A run folder trained by the real fcn_train.py (4 steps, snapshots at 2 and 4)."""
+    datapath, _ = data
+    runs_dir = tmp_path_factory.mktemp("runs")
+    result = subprocess.run(
+        [sys.executable, "fcn_train.py", "--scratch", "--fcn16", "--dataset", DATASET,
+         "--datapath", str(datapath), "--runs_dir", str(runs_dir), "--pixels", str(TRAIN_PIXELS),
+         "--batch_size", "3", "--epochs", "2", "--log_every", "1", "--snapshot_every", "2"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = [path for path in runs_dir.iterdir() if path.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="module")
+def default_eval(run_dir):
+    """The real script, default flags plus predictions and two pictures: (stdout, outdir)."""
+    result = subprocess.run(
+        [sys.executable, "fcn_test.py", "--traindir", str(run_dir), "--save_predictions",
+         "--first2viz", "1", "--last2viz", "3"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout, run_dir / f"test_val_{SNAPSHOT_STEPS[-1]}"
+
+
+def run_fcn_test(*argv):
+    return run_main(fcn_test.main, fcn_test.build_parser(), [str(arg) for arg in argv])
+
+
+def read_metrics(outdir):
+    with open(Path(outdir) / "metrics.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("pixels, min_agreement", [(0, 1.0), (128, 0.995), (48, 0.98)])
+def test_predictions_undo_the_eval_sizing(data, pixels, min_agreement):
+    """Scores shaped like the sized labels come back as the source labels.
+
+    A perfect network's logits are the one-hot sized label; cropping and
+    resizing them must land every class where the source label has it (up to
+    boundary pixels lost when the image was shrunk).
+    """
+    datapath, _ = data
+    spec = load_dataset(DATASET, str(datapath))
+    with tf.Graph().as_default(), tf.Session() as sess:
+        batch = tf.data.make_one_shot_iterator(
+            make_eval_dataset(spec, str(datapath), "val", pixels, batch_size=2)).get_next()
+        sized_label = tf.where(batch["label"] == IGNORE_LABEL, tf.zeros_like(batch["label"]),
+                               batch["label"])
+        perfect_logits = tf.one_hot(sized_label, spec.num_classes)
+        predictions = predictions_at_source_size(perfect_logits, batch["valid_height"],
+                                                 batch["valid_width"], batch["height"],
+                                                 batch["width"])
+        num_images = 0
+        while True:
+            try:
+                values = sess.run(dict(batch, predictions=predictions))
+            except tf.errors.OutOfRangeError:
+                break
+            for index, (height, width) in enumerate(zip(values["height"], values["width"])):
+                label = values["native_label"][index, :height, :width]
+                prediction = values["predictions"][index, :height, :width]
+                valid = label != IGNORE_LABEL
+                assert np.mean(prediction[valid] == label[valid]) >= min_agreement
+                num_images += 1
+    assert num_images == len(VAL_SIZES)
+
+
+def test_metrics_json_fields_and_ranges(default_eval):
+    _, outdir = default_eval
+    metrics = read_metrics(outdir)
+    assert {"miou", "miou_ci95", "per_class_iou", "pixel_accuracy", "mean_accuracy", "fw_iou",
+            "num_images", "step", "split"} <= set(metrics)
+    assert metrics["num_images"] == len(VAL_SIZES)
+    assert metrics["step"] == SNAPSHOT_STEPS[-1] and metrics["split"] == "val"
+    assert list(metrics["per_class_iou"]) == list(shapes.CLASS_NAMES)
+    for key in ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    for iou in metrics["per_class_iou"].values():
+        assert iou is None or 0.0 <= iou <= 1.0  # None: class absent from truth and prediction
+    low, high = metrics["miou_ci95"]
+    assert 0.0 <= low <= metrics["miou"] <= high <= 1.0
+
+
+def test_console_shows_miou_with_interval_and_class_table(default_eval):
+    stdout, _ = default_eval
+    assert re.search(r"^mIoU \d+\.\d \[\d+\.\d, \d+\.\d\]", stdout, re.MULTILINE), stdout
+    for name in shapes.CLASS_NAMES:
+        assert re.search(rf"^{name}\s+(\d+\.\d|n/a)$", stdout, re.MULTILINE), name
+
+
+def _numpy_miou(labels, predictions, num_classes):
+    """mIoU straight from label maps: classes with an empty union are left out."""
+    intersection, union = np.zeros(num_classes), np.zeros(num_classes)
+    for label, prediction in zip(labels, predictions):
+        valid = label != IGNORE_LABEL
+        for class_id in range(num_classes):
+            truth, predicted = (label == class_id) & valid, (prediction == class_id) & valid
+            intersection[class_id] += np.sum(truth & predicted)
+            union[class_id] += np.sum(truth | predicted)
+    return np.mean(intersection[union > 0] / union[union > 0])
+
+
+def test_saved_predictions_reproduce_the_reported_miou(default_eval, data):
+    _, outdir = default_eval
+    _, val_labels = data
+    names = sorted(os.listdir(outdir / "predictions"))
+    assert names == sorted(val_labels)  # named after the source images
+    labels = [val_labels[name] for name in names]
+    predictions = [np.array(Image.open(outdir / "predictions" / name)) for name in names]
+    for label, prediction in zip(labels, predictions):
+        assert prediction.shape == label.shape and prediction.dtype == np.uint8
+    metrics = read_metrics(outdir)
+    expected = _numpy_miou(labels, predictions, len(shapes.CLASS_NAMES))
+    assert metrics["miou"] == pytest.approx(expected, abs=1e-9)
+
+    with open(outdir / "confusion.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == list(shapes.CLASS_NAMES)
+    assert [row[0] for row in rows[1:]] == list(shapes.CLASS_NAMES)
+    conf = np.array([[int(value) for value in row[1:]] for row in rows[1:]])
+    assert conf.sum() == sum(np.sum(label != IGNORE_LABEL) for label in labels)
+
+
+def test_pictures_of_the_chosen_images_and_the_confusion_heat_map(default_eval):
+    _, outdir = default_eval
+    assert sorted(os.listdir(outdir / "viz")) == ["val_01.png", "val_02.png"]  # --first2viz 1 --last2viz 3
+    for name in ("val_01.png", "val_02.png"):
+        width, height = Image.open(outdir / "viz" / name).size
+        assert width > height  # image | prediction | truth in a row
+    width, height = Image.open(outdir / "confusion.png").size
+    assert min(width, height) > 300
+
+
+@pytest.mark.parametrize("pixels, afteriter", [(0, SNAPSHOT_STEPS[0]), (48, None)])
+def test_native_and_fixed_size_inference_return_source_sizes(run_dir, data, tmp_path, pixels,
+                                                             afteriter):
+    _, val_labels = data
+    argv = ["--traindir", run_dir, "--pixels", pixels, "--batch_size", 2, "--save_predictions",
+            "--last2viz", 0, "--outdir", tmp_path]
+    argv += ["--afteriter", afteriter] if afteriter else []
+    assert run_fcn_test(*argv) == 0
+    metrics = read_metrics(tmp_path)
+    assert metrics["step"] == (afteriter or SNAPSHOT_STEPS[-1])
+    assert metrics["num_images"] == len(VAL_SIZES) and 0 <= metrics["miou"] <= 1
+    assert not (tmp_path / "viz").exists()
+    for name, label in val_labels.items():
+        assert np.array(Image.open(tmp_path / "predictions" / name)).shape == label.shape
+
+
+def _write_video(path, num_frames, height, width):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (width, height))
+    rng = np.random.default_rng(0)
+    for _ in range(num_frames):
+        writer.write(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+    writer.release()
+
+
+def _count_frames(path):
+    capture = cv2.VideoCapture(str(path))
+    count, size = 0, None
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        count, size = count + 1, frame.shape[:2]
+    capture.release()
+    return count, size
+
+
+def test_images_and_video_are_segmented_at_their_own_size(run_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, size=(47, 83, 3), dtype=np.uint8)).save(photos / "a.png")
+    Image.fromarray(rng.integers(0, 256, size=(60, 31), dtype=np.uint8)).save(photos / "b.jpg")  # grey
+    video = tmp_path / "clip.mp4"
+    _write_video(video, VIDEO_FRAMES, *VIDEO_SIZE)
+    outdir = tmp_path / "out"
+    assert run_fcn_test("--traindir", run_dir, "--imagepath", photos, "--moviepath", video,
+                        "--outdir", outdir) == 0
+    for stem, (height, width) in (("a", (47, 83)), ("b", (60, 31))):
+        for kind in ("prediction", "overlay"):
+            picture = Image.open(outdir / f"{stem}_{kind}.png")
+            assert picture.size == (width, height) and picture.mode == "RGB"
+    assert _count_frames(outdir / "clip_overlay.mp4") == (VIDEO_FRAMES, VIDEO_SIZE)
+    assert re.search(r"segmented 7 frames .* \d+\.\d fps", capsys.readouterr().out)
+
+
+def _bad_inputs(run_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_checkpoint = tmp_path / "no_checkpoint"
+    no_checkpoint.mkdir()
+    shutil.copy(run_dir / "runargs", no_checkpoint / "runargs")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    return {
+        "missing traindir": (["--traindir", tmp_path / "nope"], "run folder .* not found"),
+        "no runargs": (["--traindir", empty], "runargs not found"),
+        "no checkpoint": (["--traindir", no_checkpoint], "no checkpoint"),
+        "no such snapshot": (["--traindir", run_dir, "--afteriter", 3],
+                             "no snapshot fcn.ckpt_3 .* available --afteriter values: 2, 4"),
+        "unreadable image": (["--traindir", run_dir, "--imagepath", tmp_path / "junk.png"],
+                             "cannot read image .*junk.png"),
+        "unreadable video": (["--traindir", run_dir, "--moviepath", tmp_path / "junk.mp4"],
+                             "cannot read video .*junk.mp4"),
+        "missing split": (["--traindir", run_dir, "--split", "test"],
+                          "no 'test' split; choose --split from: train, val"),
+    }
+
+
+BAD_INPUTS = ("missing traindir", "no runargs", "no checkpoint", "no such snapshot",
+              "unreadable image", "unreadable video", "missing split")
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_error_line(run_dir, tmp_path, capsys, case):
+    argv, message = _bad_inputs(run_dir, tmp_path)[case]
+    assert run_fcn_test(*argv) == EXIT_USER_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fcn_test.py: error: "), lines
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_the_script_exits_2_with_one_line_and_no_traceback(run_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "fcn_test.py", "--traindir", str(run_dir), "--afteriter", "3"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECS)
+    assert result.returncode == EXIT_USER_ERROR
+    assert result.stderr.strip().splitlines() == [
+        f"fcn_test.py: error: no snapshot fcn.ckpt_3 in {run_dir}; available --afteriter values: 2, 4"]
+
+
+def test_notebook_runs_top_to_bottom(run_dir, monkeypatch):
+    monkeypatch.setenv("SEGMENTOR_RUN", str(run_dir))
+    notebook = nbformat.read(REPO_ROOT / "notebooks" / "play-with-me.ipynb", as_version=4)
+    client = NotebookClient(notebook, timeout=SUBPROCESS_TIMEOUT_SECS, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.outputs]
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 4
+    printed = "".join(output.get("text", "") for output in outputs)
+    assert str(run_dir) in printed and "mIoU" in printed
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def test_tensorboard_serves_the_runs_loss_and_val_miou(run_dir, tmp_path):
+    links = tmp_path / "tboards"
+    links.mkdir()
+    subprocess.run([sys.executable, "tboards/createlinks", "--runs_dir", str(run_dir.parent),
+                    "--links_dir", str(links)], cwd=REPO_ROOT, check=True, capture_output=True)
+    assert (links / run_dir.name).is_symlink()
+    port = _free_port()
+    with open(tmp_path / "tensorboard.log", "w") as log:
+        server = subprocess.Popen(
+            ["tensorboard", "--logdir", str(links), "--host", "127.0.0.1", "--port", str(port),
+             "--load_fast", "false"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+        tags, deadline = {}, time.monotonic() + 120
+        while run_dir.name not in tags and time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                tags = _get_json(f"{base}/tags")
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, (tmp_path / "tensorboard.log").read_text()[-2000:]
+        assert {"train/loss", "val/miou"} <= set(tags.get(run_dir.name, {})), tags
+        values = _get_json(f"{base}/scalars?run={run_dir.name}&tag=val/miou")
+        assert len(values) == 2 and all(0 <= value <= 1 for _, _, value in values)  # once per epoch
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
