@@ -8,6 +8,7 @@ Programming errors still raise ordinary exceptions, with their traceback.
 import sys
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT death
 
 
 class SegMentorError(Exception):
@@ -17,13 +18,18 @@ class SegMentorError(Exception):
 def run_main(main, parser, argv=None):
     """Parse `argv`, call `main(args)`, and turn a SegMentorError into one line.
 
+    Ctrl-C outside a loop that handles it (graph building, data generation,
+    a second Ctrl-C) also ends in one line rather than a traceback.
     Returns the process exit code (0 on success) so callers can `sys.exit` it.
     """
     args = parser.parse_args(argv)
+    prog = parser.prog or "seg-mentor"
     try:
         main(args)
     except SegMentorError as err:
-        prog = parser.prog or "seg-mentor"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
