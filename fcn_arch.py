@@ -67,6 +67,7 @@ class FeatureExtractor:
     skip_end_points: end point tapped by the decoder at output stride 16, 8, 4.
     preprocess: float RGB 0..255 -> what the checkpoint was trained on.
     checkpoint_file: file name of the official ImageNet checkpoint in --modelspath.
+    has_batch_norm: False for nets without batch norm (a decay means nothing there).
     """
     build: Callable
     arg_scope: Callable
@@ -74,13 +75,15 @@ class FeatureExtractor:
     skip_end_points: Mapping[int, str]
     preprocess: Callable
     checkpoint_file: str
+    has_batch_norm: bool = True
 
 
 FEATURE_EXTRACTORS = {
     "vgg_16": FeatureExtractor(
         build=vgg.vgg_16, arg_scope=vgg.arg_scope, checkpoint_scope="vgg_16",
         skip_end_points={16: "pool4", 8: "pool3", 4: "pool2"},
-        preprocess=subtract_imagenet_mean, checkpoint_file="vgg_16.ckpt"),
+        preprocess=subtract_imagenet_mean, checkpoint_file="vgg_16.ckpt",
+        has_batch_norm=False),
     "resnet_v1_18": FeatureExtractor(
         build=resnet_v1.resnet_v1_18, arg_scope=resnet_v1.arg_scope,
         checkpoint_scope="resnet_v1_18",
@@ -123,6 +126,12 @@ def decoder_name(fcn16=False, fcn8=False, fcn4=False):
     return "fcn4" if fcn4 else "fcn8" if fcn8 else "fcn16" if fcn16 else "fcn32"
 
 
+def decoder_flags(decoder):
+    """The inverse of `decoder_name`: 'fcn8' -> dict(fcn16=True, fcn8=True, fcn4=False)."""
+    stride = DECODERS[decoder]
+    return dict(fcn16=stride <= 16, fcn8=stride <= 8, fcn4=stride <= 4)
+
+
 def get_feature_extractor(net):
     try:
         return FEATURE_EXTRACTORS[net]
@@ -139,15 +148,19 @@ def _static_or_dynamic_dim(tensor, axis):
 
 
 def _pad_to_multiple(images, multiple):
-    """Zero-pad [B, H, W, C] at the bottom/right so H and W are multiples of `multiple`.
+    """Pad RGB [B, H, W, 3] at the bottom/right so H and W are multiples of `multiple`.
 
-    Padding happens after preprocessing, where zero is the mean pixel.
+    The padding is the ImageNet mean colour, as the feeder pads its batches:
+    the most neutral input for every checkpoint (zero after mean subtraction,
+    close to zero after the other preprocessings).
     """
     height = _static_or_dynamic_dim(images, 1)
     width = _static_or_dynamic_dim(images, 2)
     pad_h = (-height) % multiple
     pad_w = (-width) % multiple
-    return tf.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]), height, width
+    mean = tf.constant(IMAGENET_MEAN_RGB, dtype=images.dtype)
+    padded = tf.pad(images - mean, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]) + mean
+    return padded, height, width
 
 
 class BaseFcnArch:
@@ -170,6 +183,9 @@ class BaseFcnArch:
         self.decoder = decoder_name(fcn16, fcn8, fcn4)
         self.output_stride = DECODERS[self.decoder]
         self.trainable_upsampling = trainable_upsampling
+        if batch_norm_decay is not None and not self.feature_extractor.has_batch_norm:
+            raise SegMentorError(f"{net} has no batch norm, so a batch-norm decay does not "
+                                 f"apply to it; leave it unset")
         # None keeps the checkpoint family's own value (see nets/*.arg_scope).
         self.arg_scope_overrides = {
             key: value for key, value in
@@ -224,11 +240,11 @@ class BaseFcnArch:
         """float32 RGB [B, H, W, 3] in 0..255 -> logits [B, H, W, number_of_classes]."""
         extractor = self.feature_extractor
         with tf.variable_scope(tf.get_variable_scope(), custom_getter=self._record_variable):
-            padded, height, width = _pad_to_multiple(
-                extractor.preprocess(images), FEATURE_STRIDE)
+            padded, height, width = _pad_to_multiple(images, FEATURE_STRIDE)
             with slim.arg_scope(extractor.arg_scope(is_training=self.is_training,
                                                     **self.arg_scope_overrides)):
-                features, end_points = extractor.build(padded, is_training=self.is_training)
+                features, end_points = extractor.build(extractor.preprocess(padded),
+                                                       is_training=self.is_training)
                 with tf.variable_scope(DECODER_SCOPE):
                     logits = self._decode(features, end_points)
         return logits[:, :height, :width, :]
@@ -299,8 +315,9 @@ class RefineFcnArch(FcnArch):
     """FCN with a small convolutional head at each stage (an `--extended_arch` example).
 
     A 1x1 classifier on raw skip features can only weigh what the encoder
-    already separates; a 3x3 conv + batch norm + ReLU before each score layer
-    lets the decoder mix local context first, for a few percent more
+    already separates; a 3x3 conv (with the encoder's normalizer and
+    activation, from its arg scope) before each score layer lets the decoder
+    mix local context first, for a few percent more
     parameters. Score layers keep FcnArch's zero init, so FCN16 still starts
     as FCN32.
     """
@@ -334,6 +351,21 @@ def get_arch_class(name):
     except KeyError:
         raise SegMentorError(
             f"unknown architecture '{name}'; choose one of: {', '.join(ARCHS)}") from None
+
+
+def arch_from_runargs(runargs, number_of_classes, is_training):
+    """The architecture a run was trained with, from its saved settings (runargs).
+
+    Keys: basenet, extended_arch, fcn16, fcn8, fcn4, trainable_upsampling,
+    weight_decay, batch_norm_decay; missing ones take the class defaults.
+    """
+    return get_arch_class(runargs.get("extended_arch", "fcn"))(
+        number_of_classes, is_training, net=runargs["basenet"],
+        fcn16=runargs.get("fcn16", False), fcn8=runargs.get("fcn8", False),
+        fcn4=runargs.get("fcn4", False),
+        trainable_upsampling=runargs.get("trainable_upsampling", False),
+        weight_decay=runargs.get("weight_decay"),
+        batch_norm_decay=runargs.get("batch_norm_decay"))
 
 
 # --- Restoring a slim ImageNet checkpoint ---------------------------------------
@@ -385,34 +417,46 @@ def make_pretrained_restorer(arch, checkpoint_path):
 
 # --- Statistics: parameters and multiply-accumulates ---------------------------
 
-def _op_macs(op):
-    """Multiply-accumulates of one convolution-like op, from its static shapes."""
-    if op.type == "Conv2D":
-        kernel_h, kernel_w, in_channels, _ = op.inputs[1].shape.as_list()
-        return op.outputs[0].shape.num_elements() * kernel_h * kernel_w * in_channels
-    if op.type == "DepthwiseConv2dNative":
-        kernel_h, kernel_w, _, _ = op.inputs[1].shape.as_list()
-        return op.outputs[0].shape.num_elements() * kernel_h * kernel_w
-    if op.type == "Conv2DBackpropInput":  # transposed conv: each input pixel scatters a kernel
-        kernel_h, kernel_w, out_channels, _ = op.inputs[1].shape.as_list()
-        return op.inputs[2].shape.num_elements() * kernel_h * kernel_w * out_channels
-    if op.type == "MatMul":
-        rows, inner = op.inputs[0].shape.as_list()
-        return rows * inner * op.outputs[0].shape.as_list()[1]
-    return 0
+def _conv_macs(op):
+    kernel_h, kernel_w, in_channels, _ = op.inputs[1].shape.as_list()
+    return op.outputs[0].shape.num_elements() * kernel_h * kernel_w * in_channels
+
+
+def _depthwise_macs(op):
+    kernel_h, kernel_w, _, _ = op.inputs[1].shape.as_list()
+    return op.outputs[0].shape.num_elements() * kernel_h * kernel_w
+
+
+def _transposed_conv_macs(op):
+    # Each input pixel scatters a whole [kh, kw, out_channels] kernel.
+    kernel_h, kernel_w, out_channels, _ = op.inputs[1].shape.as_list()
+    return op.inputs[2].shape.num_elements() * kernel_h * kernel_w * out_channels
+
+
+def _matmul_macs(op):
+    rows, inner = op.inputs[0].shape.as_list()
+    return rows * inner * op.outputs[0].shape.as_list()[1]
+
+
+# Multiply-accumulates per op type, from static shapes; other ops count as free.
+_MACS_BY_OP_TYPE = {
+    "Conv2D": _conv_macs,
+    "DepthwiseConv2dNative": _depthwise_macs,
+    "Conv2DBackpropInput": _transposed_conv_macs,
+    "MatMul": _matmul_macs,
+}
 
 
 def network_stats(net, decoder, number_of_classes, pixels, arch_name="fcn"):
     """(trainable parameters, multiply-accumulates) of one network on a pixels x pixels image."""
-    stride = DECODERS[decoder]
     with tf.Graph().as_default() as graph:
         images = tf.placeholder(tf.float32, [1, pixels, pixels, 3])
-        arch = get_arch_class(arch_name)(
-            number_of_classes, is_training=False, net=net,
-            fcn16=stride <= 16, fcn8=stride <= 8, fcn4=stride <= 4)
+        arch = get_arch_class(arch_name)(number_of_classes, is_training=False, net=net,
+                                         **decoder_flags(decoder))
         arch.build_net(images)
         params = sum(v.shape.num_elements() for v in tf.trainable_variables())
-        macs = sum(_op_macs(op) for op in graph.get_operations())
+        macs = sum(_MACS_BY_OP_TYPE[op.type](op) for op in graph.get_operations()
+                   if op.type in _MACS_BY_OP_TYPE)
     return params, macs
 
 

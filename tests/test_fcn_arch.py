@@ -7,33 +7,14 @@ import numpy as np
 import pytest
 
 import fcn_arch
-from fcn_arch import ARCHS, DECODERS, FEATURE_EXTRACTORS, FcnArch, make_pretrained_restorer
+from fcn_arch import (ARCHS, DECODERS, FEATURE_EXTRACTORS, FcnArch, decoder_flags,
+                      make_pretrained_restorer)
+from reference_lists import feature_extractor_variables
 from utils.errors import SegMentorError
 from utils.tfcompat import slim, tf
 
-REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
 NUM_CLASSES = 5
 SIZES = [(64, 64), (97, 131)]  # a square, and an odd size that is no multiple of 32
-
-
-def read_reference(net):
-    """{name: shape} of the official checkpoint, without its classifier head."""
-    rows = (REFERENCE_DIR / f"{net}.tsv").read_text().splitlines()[1:]
-    shapes = {}
-    for row in rows:
-        name, shape = row.split("\t")
-        shapes[name] = [int(d) for d in shape.split(",")]
-    return shapes
-
-
-def drop_head(shapes):
-    """Remove the ImageNet logits layer (the only rows with 1000/1001 outputs)."""
-    return {name: shape for name, shape in shapes.items() if shape[-1] not in (1000, 1001)}
-
-
-def decoder_flags(decoder):
-    stride = DECODERS[decoder]
-    return dict(fcn16=stride <= 16, fcn8=stride <= 8, fcn4=stride <= 4)
 
 
 # Every encoder under the classic FCN; the other decoders over two encoders.
@@ -74,8 +55,8 @@ def test_feature_extractor_variables_equal_official_checkpoint(net):
         arch = FcnArch(NUM_CLASSES, is_training=True, net=net, fcn8=True)
         arch.build_net(tf.placeholder(tf.float32, [1, 64, 64, 3]))
         pretrained, new = arch.get_pretrained_and_new_vars()
-    ours = {name: var.shape.as_list() for name, var in pretrained.items()}
-    assert ours == drop_head(read_reference(net))
+    ours = {name: tuple(var.shape.as_list()) for name, var in pretrained.items()}
+    assert ours == feature_extractor_variables(net)
     new_names = sorted(var.op.name for var in new)
     assert all(name.startswith(fcn_arch.DECODER_SCOPE + "/") for name in new_names)
     assert {"decoder/score_32s/weights", "decoder/score_16s/weights",
@@ -164,6 +145,25 @@ def test_finer_decoder_implies_the_coarser_skips():
     assert FcnArch(2, False, net="mobilenet_v1", fcn8=True).output_stride == 8
     assert FcnArch(2, False, net="mobilenet_v1", fcn4=True).decoder == "fcn4"
     assert FcnArch(2, False, net="mobilenet_v1").decoder == "fcn32"
+
+
+def test_decoder_flags_invert_decoder_name():
+    for decoder in DECODERS:
+        assert fcn_arch.decoder_name(**decoder_flags(decoder)) == decoder
+
+
+def test_arch_from_runargs_rebuilds_the_trained_architecture():
+    runargs = {"basenet": "mobilenet_v2", "extended_arch": "fcn_refine", "fcn16": True,
+               "fcn8": True, "batch_norm_decay": 0.95}
+    arch = fcn_arch.arch_from_runargs(runargs, 3, is_training=False)
+    assert type(arch) is fcn_arch.RefineFcnArch
+    assert (arch.net, arch.decoder, arch.number_of_classes) == ("mobilenet_v2", "fcn8", 3)
+    assert arch.arg_scope_overrides == {"batch_norm_decay": 0.95}
+
+
+def test_batch_norm_decay_is_refused_for_a_net_without_batch_norm():
+    with pytest.raises(SegMentorError, match="vgg_16 has no batch norm"):
+        FcnArch(NUM_CLASSES, is_training=True, net="vgg_16", batch_norm_decay=0.9)
 
 
 def test_stats_agree_with_published_seg_mentor_figures():
