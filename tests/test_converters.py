@@ -286,6 +286,16 @@ def test_coco_stuff_value_of_an_unused_id_is_an_error(tmp_path):
 # ---------------------------------------------------------------- folder dataset
 
 
+def test_folder_dataset_without_val_split_is_flagged_for_training(tmp_path, capsys):
+    images, labels = _folder_tree(tmp_path, count=3)
+    args = folder_to_records.build_parser().parse_args(
+        ["--images", images, "--labels", labels, "--name", "mine", "--num_classes", "3",
+         "--val_ratio", "0", "--datapath", str(tmp_path / "data")])
+    folder_to_records.main(args)
+    assert "no validation split (--val_ratio 0.0)" in capsys.readouterr().out
+    assert load_dataset("mine", str(tmp_path / "data")).split_counts == {"train": 3}
+
+
 def test_folder_dataset_seeded_split_and_usable_by_name(tmp_path):
     _folder_tree(tmp_path)
     datapath = tmp_path / "data"
@@ -394,6 +404,30 @@ def test_failure_in_a_later_split_keeps_the_previous_conversion(tmp_path):
     with pytest.raises(BadPairError, match=r"valannot/val_001\.png has value 12"):
         camvid_to_records.convert(str(tree_root), str(out))
     assert {name: (out / name).read_bytes() for name in _out_files(out)} == before
+
+
+def test_a_kill_while_moving_splits_in_leaves_no_dataset_rather_than_a_mix(tmp_path, monkeypatch):
+    tree_root = tmp_path / "CamVid"
+    _camvid_tree(tree_root)
+    out = tmp_path / "data" / "camvid"
+    camvid_to_records.convert(str(tree_root), str(out))
+    real_replace, moved = os.replace, []
+
+    def killed_after_the_first_move(source, target):
+        if os.path.dirname(target) == str(out):  # not the staging folder's own renames
+            if moved:
+                raise KeyboardInterrupt
+            moved.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_after_the_first_move)
+    with pytest.raises(KeyboardInterrupt):
+        camvid_to_records.convert(str(tree_root), str(out))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert moved == [str(out / "training.tfrecords")]  # new train beside the old val...
+    assert not (out / "dataset.json").exists()           # ...but no dataset to mistake for one
+    with pytest.raises(SegMentorError, match="no records of dataset 'camvid'.*camvid_to_records"):
+        load_dataset("camvid", str(tmp_path / "data"))
 
 
 def test_missing_source_folder(tmp_path):

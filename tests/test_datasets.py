@@ -1,6 +1,7 @@
 """utils/datasets.py and utils/shapes.py: registry, dataset.json, shapes generation, clear errors."""
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -11,17 +12,24 @@ from utils.datasets import (DATASETS, IGNORE_LABEL, load_dataset, num_records, r
 from utils.errors import SegMentorError
 from utils.tf_records import RecordWriter, encode_label_png
 
-SMALL_SHAPES_SPLITS = {"train": ("training.tfrecords", 6), "val": ("validation.tfrecords", 3)}
+SMALL_SHAPES_SPLITS = {"train": 6, "val": 3}
+# Built-in datasets whose class list only its converter knows (read from the data).
+CLASSES_FROM_CONVERTER = {"coco_stuff"}
 
 
 @pytest.fixture
 def small_shapes(monkeypatch):
-    monkeypatch.setattr(shapes, "SPLITS", SMALL_SHAPES_SPLITS)
+    monkeypatch.setattr(shapes, "SPLIT_SIZES", SMALL_SHAPES_SPLITS)
 
 
 def test_registry_entries_are_complete():
     for name, spec in DATASETS.items():
         assert spec.name == name
+        if name in CLASSES_FROM_CONVERTER:
+            assert spec.class_names == () and spec.colors == ()
+            assert "_to_records.py" in spec.converter
+            continue
+        assert spec.num_classes > 1 and len(set(spec.class_names)) == spec.num_classes
         assert len(spec.colors) == spec.num_classes
         assert spec.class_frequencies is None or len(spec.class_frequencies) == spec.num_classes
         assert spec.default_pixels > 0
@@ -58,8 +66,8 @@ def test_shapes_cover_every_class():
 
 def test_shapes_generated_on_first_use(tmp_path, small_shapes):
     spec = load_dataset("shapes", str(tmp_path))
-    assert sorted(os.listdir(tmp_path / "shapes")) == ["dataset.json", "training.tfrecords",
-                                                        "validation.tfrecords"]
+    assert sorted(os.listdir(tmp_path / "shapes")) == [datasets.LOCK_FILE, "dataset.json",
+                                                        "training.tfrecords", "validation.tfrecords"]
     assert num_records(spec, str(tmp_path), "train") == 6
     assert num_records(spec, str(tmp_path), "val") == 3
     assert len(spec.class_frequencies) == spec.num_classes and abs(sum(spec.class_frequencies) - 1) < 1e-6
@@ -76,6 +84,33 @@ def test_shapes_records_of_other_parameters_are_regenerated(tmp_path, small_shap
                                                        splits={"train": {"file": "training.tfrecords", "count": 1}}))
     spec = load_dataset("shapes", str(tmp_path))
     assert spec.source == shapes.SOURCE and spec.split_counts["train"] == 6
+
+
+def test_two_first_runs_generate_shapes_once(tmp_path, small_shapes, monkeypatch):
+    """Two threads (as two fresh processes would) find no records at the same time."""
+    made = []
+    make_sample = shapes.make_sample
+    monkeypatch.setattr(shapes, "make_sample", lambda *a, **k: made.append(1) or make_sample(*a, **k))
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def first_run():
+        barrier.wait()
+        try:
+            results.append(load_dataset("shapes", str(tmp_path)))
+        except Exception as err:  # reported below, on the test's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=first_run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 2
+    assert len(made) == sum(SMALL_SHAPES_SPLITS.values())  # generated once, not twice
+    assert results[0] == results[1] and results[0].split_counts["train"] == 6
+    assert sorted(os.listdir(tmp_path / "shapes")) == [datasets.LOCK_FILE, "dataset.json",
+                                                        "training.tfrecords", "validation.tfrecords"]
 
 
 def test_dataset_meta_round_trip(tmp_path):
@@ -138,6 +173,15 @@ def test_deleted_records_file_is_reported(tmp_path):
     os.remove(tmp_path / "mine" / "training.tfrecords")
     with pytest.raises(SegMentorError, match="no records of dataset 'mine'.*folder_to_records"):
         load_dataset("mine", str(tmp_path))
+
+
+def test_counting_a_corrupt_file_is_one_clear_error(tmp_path):
+    _user_dataset(str(tmp_path), meta_count=False)
+    spec = load_dataset("mine", str(tmp_path))
+    path = tmp_path / "mine" / "training.tfrecords"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(SegMentorError, match="corrupt records in .*training.tfrecords.*folder_to_records"):
+        num_records(spec, str(tmp_path), "train")
 
 
 def test_unknown_split_is_reported(tmp_path):

@@ -17,18 +17,20 @@ NUM_CLASSES = 8
 SIZES = {"train": [(20, 30)] * 6, "val": [(20, 30), (24, 18), (20, 30), (24, 18), (20, 30)]}
 
 
-def _make_dataset(datapath, name="tiny"):
-    """Image i of a split is flat grey 20*i + 10 and its label is all class i."""
+def _make_dataset(datapath, name="tiny", splits_written=("train", "val"), label_offset=0):
+    """Image i of a split is flat grey 20*i + 10 and its label is all class i (+ label_offset)."""
     out = os.path.join(datapath, name)
     splits = {}
     for split, file_name in (("train", "training.tfrecords"), ("val", "validation.tfrecords")):
+        if split not in splits_written:
+            continue
         with RecordWriter(os.path.join(out, file_name)) as writer:
             for index, (height, width) in enumerate(SIZES[split]):
                 image = np.full((height, width, 3), 20 * index + 10, np.uint8)
                 image_format = "PNG" if index % 2 else "JPEG"
                 buffer = io.BytesIO()
                 Image.fromarray(image).save(buffer, format=image_format)
-                writer.write(buffer.getvalue(), image_format, encode_label_png(np.full((height, width), index, np.uint8)),
+                writer.write(buffer.getvalue(), image_format, encode_label_png(np.full((height, width), index + label_offset, np.uint8)),
                              height, width, f"{split}_{index}.png")
         splits[split] = {"file": file_name, "count": len(SIZES[split])}
     write_dataset_meta(out, {"name": name, "class_names": [f"c{i}" for i in range(NUM_CLASSES)],
@@ -63,14 +65,25 @@ def test_handle_switches_between_train_and_val_batches(tmp_path):
             assert _val_pass(sess, feeder) == [2, 1]         # and validation restarts from the top
 
 
-def test_val_subset_is_the_first_records_in_order(tmp_path):
+def test_val_subset_spans_the_file_and_repeats_exactly(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
         feeder = Feeder(spec, str(tmp_path), batch_size=4, pixels=16, val_fraction=0.5)
         with tf.Session() as sess:
-            feeder.start_validation(sess)
-            labels = sess.run(feeder.labels, {feeder.handle: feeder.val_handle(sess)})
-    assert [set(np.unique(l)) - {IGNORE_LABEL} for l in labels] == [{0}, {1}, {2}]
+            first = _val_labels(sess, feeder)
+            # Every second record, from the whole file rather than its first half.
+            assert [set(np.unique(l)) - {IGNORE_LABEL} for l in first] == [{0}, {2}, {4}]
+            np.testing.assert_array_equal(_val_labels(sess, feeder), first)
+
+
+def _val_labels(sess, feeder):
+    feeder.start_validation(sess)
+    batches = []
+    while True:
+        try:
+            batches.append(sess.run(feeder.labels, {feeder.handle: feeder.val_handle(sess)}))
+        except tf.errors.OutOfRangeError:
+            return np.concatenate(batches)
 
 
 def test_debug_overfit_trains_on_the_first_images_only(tmp_path):
@@ -86,17 +99,36 @@ def test_debug_overfit_trains_on_the_first_images_only(tmp_path):
     assert seen == {0, 1, IGNORE_LABEL}
 
 
-def test_same_seed_gives_the_same_batches(tmp_path):
+def _train_batches(spec, datapath, num_batches, seed=0, start_step=0, batch_size=4):
+    """(images, labels) of the first `num_batches` training batches."""
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, datapath, batch_size=batch_size, pixels=16, seed=seed,
+                        start_step=start_step)
+        with tf.Session() as sess:
+            train = {feeder.handle: feeder.train_handle(sess)}
+            return [sess.run([feeder.images, feeder.labels], train) for _ in range(num_batches)]
+
+
+def test_same_seed_gives_the_same_batches_and_another_seed_others(tmp_path):
     spec = _make_dataset(tmp_path)
+    def images(seed):
+        return np.stack([images for images, _ in _train_batches(spec, str(tmp_path), 3, seed=seed)])
 
-    def first_batches(seed):
-        with tf.Graph().as_default():
-            feeder = Feeder(spec, str(tmp_path), batch_size=3, pixels=16, seed=seed)
-            with tf.Session() as sess:
-                train = {feeder.handle: feeder.train_handle(sess)}
-                return [sess.run(feeder.labels, train) for _ in range(3)]
+    first = images(5)
+    np.testing.assert_array_equal(first, images(5))
+    assert not np.array_equal(first, images(6))
 
-    np.testing.assert_array_equal(first_batches(5), first_batches(5))
+
+def test_a_resumed_feeder_continues_the_uninterrupted_stream(tmp_path):
+    """6 images, batch 4: step 1 straddles epochs 0 and 1, step 3 starts epoch 2."""
+    spec = _make_dataset(tmp_path)
+    uninterrupted = _train_batches(spec, str(tmp_path), 4, seed=7)
+    orders = [tuple(labels[:, 0, 0]) for _, labels in uninterrupted]
+    assert len(set(orders)) > 1  # epochs are shuffled differently
+    for step in (1, 2, 3):
+        (resumed,) = _train_batches(spec, str(tmp_path), 1, seed=7, start_step=step)
+        np.testing.assert_array_equal(resumed[1], uninterrupted[step][1])
+        np.testing.assert_array_equal(resumed[0], uninterrupted[step][0])  # same augmentation
 
 
 def test_corrupt_train_records_give_a_clear_error(tmp_path):
@@ -110,6 +142,23 @@ def test_corrupt_train_records_give_a_clear_error(tmp_path):
             with feeder.records_errors():
                 for _ in range(4):
                     sess.run(feeder.images, {feeder.handle: feeder.train_handle(sess)})
+
+
+def test_label_outside_the_classes_is_one_clear_error(tmp_path):
+    spec = _make_dataset(tmp_path, label_offset=NUM_CLASSES - 2)  # image 2 on: no such class
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=6, pixels=16)
+        with tf.Session() as sess, pytest.raises(
+                SegMentorError, match=r"training.tfrecords.* hold label value (8|9|10|11), which is not a "
+                                      r"class of the dataset \(0..7, 255 = ignore\)"):
+            with feeder.records_errors():
+                sess.run(feeder.labels, {feeder.handle: feeder.train_handle(sess)})
+
+
+def test_a_dataset_without_val_split_says_how_to_get_one(tmp_path):
+    spec = _make_dataset(tmp_path, splits_written=("train",))
+    with tf.Graph().as_default(), pytest.raises(SegMentorError, match="no validation split.*--val_ratio"):
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
 
 
 def test_missing_val_records_name_the_file(tmp_path):

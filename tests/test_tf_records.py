@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from utils.errors import SegMentorError
-from utils.tf_records import (IMAGE_KEY, PARTIAL_SUFFIX, RecordWriter, encode_label_png, parse_example,
+from utils.tf_records import (IMAGE_KEY, RecordWriter, encode_label_png, parse_example,
                               read_records, records_errors)
 from utils.tfcompat import tf
 
@@ -87,9 +87,23 @@ def test_interrupted_writer_leaves_no_file(tmp_path):
         with RecordWriter(str(path)) as writer:
             image, label = _pair()
             writer.write(_encoded(image, "PNG"), "png", encode_label_png(label), 7, 5, "a.png")
-            assert os.path.exists(str(path) + PARTIAL_SUFFIX)
+            assert os.path.dirname(writer.partial_path) == str(tmp_path)
+            assert os.listdir(tmp_path) == [os.path.basename(writer.partial_path)]
             raise RuntimeError("conversion interrupted")
     assert os.listdir(tmp_path) == []
+
+
+def test_two_writers_of_one_path_never_share_a_file(tmp_path):
+    path = str(tmp_path / "split.tfrecords")
+    image, label = _pair()
+    with RecordWriter(path) as first, RecordWriter(path) as second:
+        assert first.partial_path != second.partial_path
+        for writer, count in ((first, 1), (second, 2)):
+            for index in range(count):
+                writer.write(_encoded(image, "PNG"), "png", encode_label_png(label), 7, 5, f"{index}.png")
+    # `first` exits last, so its complete file wins; nothing else is left behind.
+    assert os.listdir(tmp_path) == ["split.tfrecords"]
+    assert sum(1 for _ in tf.io.tf_record_iterator(path)) == 1
 
 
 def test_label_must_be_2d_uint8():

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from utils.errors import SegMentorError
 from utils.tfcompat import tf
 from utils.visualization import (IGNORE_COLOR, colorize, colorize_labels_tf,
-                                 confusion_heatmap_figure, normalized_confusion, overlay, palette,
-                                 save_figure, save_png, side_by_side_figure)
+                                 confusion_heatmap_figure, image_files, normalized_confusion,
+                                 overlay, palette, read_rgb, save_figure, save_png,
+                                 side_by_side_figure)
 
 IGNORE = 255
 COLORS = ((0, 0, 0), (200, 10, 20), (10, 200, 30))
@@ -87,3 +89,12 @@ def test_save_png_round_trips_label_maps_and_rgb(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "rgb.png")), rgb)
     with pytest.raises(ValueError):
         save_png(prediction.astype(np.int32), tmp_path / "bad.png")
+
+
+def test_a_decompression_bomb_is_one_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses images > 2x this
+    for read in (read_rgb, image_files):
+        with pytest.raises(SegMentorError, match=r"cannot read image .*huge.png \(Image size"):
+            read(str(path))

@@ -12,6 +12,7 @@ Evaluation uses the same sizing with no randomness and pads bottom/right, so
 
     image, label = train_sizing(image, label, 512, AugmentParams(), seed)
     image, label, valid_height, valid_width = eval_sizing(image, label, 512)
+    image, valid_height, valid_width = eval_image_sizing(image, 512)   # a photo, no label
 
 Inputs: image uint8 [h, w, 3], label uint8 [h, w, 1] (as `parse_example`
 gives them). Outputs: image float32 RGB 0..255, label int32 [H, W].
@@ -24,10 +25,11 @@ from utils.datasets import IGNORE_LABEL
 from utils.tfcompat import tf
 import tensorflow as tf2  # TF2 resize (half-pixel centres) and stateless random ops
 
-# ImageNet mean RGB, the preprocessing every supported checkpoint subtracts
-# (VGG/ResNet; Inception/MobileNet scaling maps it close to 0 as well). Images
-# are padded with it, so after mean subtraction the padding is exactly zero
-# and adds no signal.
+# ImageNet mean RGB (the VGG/ResNet slim checkpoints subtract it). Padding is
+# this colour, here and inside fcn_arch's build_net, so after preprocessing it
+# carries (almost) no signal: exactly zero for the mean-subtracting nets
+# (VGG, ResNet); near zero for those scaling 0..255 to [-1, 1] (Inception,
+# MobileNet: about -0.03, -0.08, -0.18 per channel).
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
 
 
@@ -48,25 +50,35 @@ class AugmentParams:
 NO_AUGMENT = AugmentParams(flip=False, scale_range=(1.0, 1.0), stretch_range=(1.0, 1.0))
 
 
+def _resize_image(image, height, width):
+    return tf2.image.resize(image, tf.stack([height, width]), method="bilinear")
+
+
 def _resize_pair(image, label, height, width):
-    size = tf.stack([height, width])
-    image = tf2.image.resize(image, size, method="bilinear")
     # Nearest neighbour for labels: interpolating class indices would invent
     # classes (between 3 and 5 lies 4) and blur the ignore label into real ones.
-    label = tf2.image.resize(label, size, method="nearest")
-    return image, label
+    label = tf2.image.resize(label, tf.stack([height, width]), method="nearest")
+    return _resize_image(image, height, width), label
+
+
+def _paddings(image, pixels, top, left):
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    return [[top, pixels - height - top], [left, pixels - width - left], [0, 0]]
+
+
+def _pad_image(image, pixels, top, left):
+    """Pad to pixels x pixels with IMAGENET_MEAN_RGB."""
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
+    image = tf.pad(image - mean, _paddings(image, pixels, top, left)) + mean
+    image.set_shape([pixels, pixels, 3])
+    return image
 
 
 def _pad_pair(image, label, pixels, top, left):
     """Pad to pixels x pixels: image with IMAGENET_MEAN_RGB, label with IGNORE_LABEL."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    paddings = [[top, pixels - height - top], [left, pixels - width - left], [0, 0]]
-    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
-    image = tf.pad(image - mean, paddings) + mean
-    label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
-    image.set_shape([pixels, pixels, 3])
+    label = tf.pad(label, _paddings(label, pixels, top, left), constant_values=IGNORE_LABEL)
     label.set_shape([pixels, pixels, 1])
-    return image, label
+    return _pad_image(image, pixels, top, left), label
 
 
 def _fit_size(image, pixels):
@@ -116,6 +128,13 @@ def train_sizing(image, label, pixels, params, seed):
     return _to_outputs(image, label)
 
 
+def _eval_size(image, pixels):
+    """Int height, width of the image after the deterministic sizing to `pixels`."""
+    height, width = _fit_size(image, pixels)
+    return (tf.maximum(1, tf.cast(tf.round(height), tf.int32)),
+            tf.maximum(1, tf.cast(tf.round(width), tf.int32)))
+
+
 def eval_sizing(image, label, pixels):
     """Size one pair without randomness.
 
@@ -124,12 +143,23 @@ def eval_sizing(image, label, pixels):
     pixels=0 keeps the native size (and no padding).
     """
     if pixels:
-        height, width = _fit_size(image, pixels)
-        height = tf.maximum(1, tf.cast(tf.round(height), tf.int32))
-        width = tf.maximum(1, tf.cast(tf.round(width), tf.int32))
+        height, width = _eval_size(image, pixels)
         image, label = _resize_pair(image, label, height, width)
         image, label = _pad_pair(image, label, pixels, 0, 0)
     else:
         height, width = tf.shape(image)[0], tf.shape(image)[1]
     image, label = _to_outputs(image, label)
     return image, label, height, width
+
+
+def eval_image_sizing(image, pixels):
+    """eval_sizing of an image without a label (a photo, a video frame).
+
+    Returns image float32 [P, P, 3], valid_height, valid_width.
+    """
+    if pixels:
+        height, width = _eval_size(image, pixels)
+        image = _pad_image(_resize_image(image, height, width), pixels, 0, 0)
+    else:
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+    return tf.cast(image, tf.float32), height, width

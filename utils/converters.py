@@ -16,9 +16,12 @@ done here, the same way for every dataset:
   under --skip_bad.
 - Images keep their PNG/JPEG bytes; labels are stored as single-channel PNG,
   re-encoded only when remapped or not already an 8-bit grey PNG.
-- The records of all splits are staged and moved into the output folder only
-  when every split is written, dataset.json last: a conversion that stops
-  leaves no partial file and never mixes old and new splits.
+- The records of all splits are staged first. Only when every split is
+  written is the old dataset.json removed, the new split files moved in and
+  the new dataset.json written last. A conversion that fails or is stopped
+  while converting leaves the old dataset as it was; one killed during the
+  final moves leaves no dataset.json, so the dataset reads as missing (rerun
+  the converter), never as a mix of old and new splits.
 - The pixel frequency of each class over the train split goes into dataset.json.
 """
 import argparse
@@ -37,12 +40,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.datasets import (DEFAULT_DATAPATH, DATASET_META_FILE, IGNORE_LABEL, SPLIT_FILES,
-                            distinct_colors, write_dataset_meta)
-from utils.errors import SegMentorError
+from utils.datasets import (DEFAULT_DATAPATH, DATASET_META_FILE, IGNORE_LABEL, NUM_LABEL_VALUES,
+                            SPLIT_FILES, distinct_colors, write_dataset_meta)
+from utils.errors import SegMentorError, first_line
+from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS
 from utils.tf_records import RecordWriter, encode_label_png
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Lossless only: JPEG artefacts would invent class indices along every edge.
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 
@@ -90,8 +93,8 @@ def read_label_image(path):
                 raise BadPairError(f"label {path} has colour mode {mode}; labels must be single-channel "
                                    "maps of class indices (convert colour-coded masks to indices first)")
             values = np.asarray(label)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadPairError(f"cannot read label {path} ({_reason(err)})") from err
+    except IMAGE_READ_ERRORS as err:
+        raise BadPairError(f"cannot read label {path} ({first_line(err)})") from err
     reusable = data if file_format == "PNG" and mode == "L" else None
     return values, reusable
 
@@ -166,11 +169,10 @@ class LabelMap:
     label or a class the converter does not know.
     """
     _INVALID = -1
-    _NUM_VALUES = 256  # labels are stored as 8-bit PNG
 
     def __init__(self, num_classes, source_to_stored):
         self.num_classes = num_classes
-        self.table = np.full(self._NUM_VALUES, self._INVALID, np.int16)
+        self.table = np.full(NUM_LABEL_VALUES, self._INVALID, np.int16)
         for source, stored in source_to_stored.items():
             if not (0 <= stored < num_classes or stored == IGNORE_LABEL):
                 raise ValueError(f"value {source} maps to {stored}, not a class of {num_classes} "
@@ -207,7 +209,7 @@ class LabelMap:
         counts = np.bincount(values.ravel())
         present = np.flatnonzero(counts)
         stored = np.full(present.shape, self._INVALID, np.int16)
-        in_table = present < self._NUM_VALUES
+        in_table = present < NUM_LABEL_VALUES
         stored[in_table] = self.table[present[in_table]]
         unknown = present[stored == self._INVALID]
         if unknown.size:
@@ -251,8 +253,8 @@ def read_image(path):
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="PNG")
             return buffer.getvalue(), "png", image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadPairError(f"cannot read image {path} ({_reason(err)})") from err
+    except IMAGE_READ_ERRORS as err:
+        raise BadPairError(f"cannot read image {path} ({first_line(err)})") from err
 
 
 def encode_pair(pair, label_map):
@@ -280,11 +282,7 @@ def _read_bytes(path, what):
     except FileNotFoundError as err:
         raise BadPairError(f"{what} {path} not found") from err
     except OSError as err:
-        raise BadPairError(f"cannot read {what} {path} ({_reason(err)})") from err
-
-
-def _reason(err):
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadPairError(f"cannot read {what} {path} ({first_line(err)})") from err
 
 
 # ------------------------------------------------------------------ writing splits
@@ -332,7 +330,7 @@ def write_dataset(splits, out_dir, *, name, class_names, label_map, source, colo
         os.makedirs(out_dir, exist_ok=True)
         staging_dir = tempfile.mkdtemp(prefix=".converting-", dir=out_dir)
     except OSError as err:
-        raise SegMentorError(f"cannot write into {out_dir} ({_reason(err)}); pick another --out") from err
+        raise SegMentorError(f"cannot write into {out_dir} ({first_line(err)}); pick another --out") from err
     started = time.perf_counter()
     try:
         counts, skipped, train_pixels = {}, {}, np.zeros(len(class_names), np.int64)
@@ -347,6 +345,11 @@ def write_dataset(splits, out_dir, *, name, class_names, label_map, source, colo
                 train_pixels = pixels
         seconds = time.perf_counter() - started
         files = {}
+        # Without dataset.json the folder is no dataset: a kill between the moves below
+        # cannot leave new and old splits that pass for one conversion.
+        meta_path = os.path.join(out_dir, DATASET_META_FILE)
+        if os.path.exists(meta_path):
+            os.remove(meta_path)
         for split, file_name in SPLIT_FILES.items():
             final_path = os.path.join(out_dir, file_name)
             if split in splits:

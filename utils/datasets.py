@@ -13,22 +13,28 @@ own folder dataset.
 Layout: <datapath>/<name>/{training,validation,test}.tfrecords + dataset.json.
 """
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
+import sys
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
 from utils import shapes
-from utils.errors import SegMentorError
+from utils.errors import SegMentorError, first_line
+from utils.files import write_text_atomic
 from utils.tfcompat import tf
 
 IGNORE_LABEL = 255
+# Labels are stored as 8-bit PNG (utils/tf_records.py): values 0..255, classes below IGNORE_LABEL.
+NUM_LABEL_VALUES = 256
 
 # data/ in the repository root (ignored by git); every script takes --datapath.
 DEFAULT_DATAPATH = str(pathlib.Path(__file__).resolve().parents[1] / "data")
 
 DATASET_META_FILE = "dataset.json"
+LOCK_FILE = ".lock"  # held while a synthetic dataset is generated
 SPLIT_FILES = MappingProxyType({"train": "training.tfrecords",
                                 "val": "validation.tfrecords",
                                 "test": "test.tfrecords"})
@@ -49,10 +55,12 @@ class DatasetSpec:
     split_files: Mapping = dataclasses.field(default_factory=lambda: SPLIT_FILES, hash=False)
     split_counts: Optional[Mapping] = dataclasses.field(default=None, hash=False)  # from dataset.json
     source: Optional[str] = None        # where the records were converted from
-    # Synthetic datasets: make_records(dataset_dir) writes the split records and
-    # returns the dataset.json dict; load_dataset calls it when the records are
-    # missing or were made by another version of the generator (other `source`).
-    make_records: Optional[Callable[[str], dict]] = dataclasses.field(default=None, compare=False)
+    # Synthetic datasets: make_records(dataset_dir, split_files) writes the split
+    # records and returns the dataset.json dict; load_dataset calls it when the
+    # records are missing or were made by another version of the generator
+    # (other `source`).
+    make_records: Optional[Callable[[str, Mapping], dict]] = dataclasses.field(default=None,
+                                                                               compare=False)
 
     @property
     def num_classes(self):
@@ -155,16 +163,11 @@ FOLDER_CONVERTER = ("python utils/folder_to_records.py --images IMAGE_DIR --labe
 
 
 def write_dataset_meta(out_dir, meta):
-    """Write `meta` as <out_dir>/dataset.json, atomically (tmp file + rename)."""
+    """Write `meta` as <out_dir>/dataset.json, atomically."""
     meta = dict(meta)
     meta.setdefault("ignore_label", IGNORE_LABEL)
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, DATASET_META_FILE)
-    tmp_path = path + ".partial"
-    with open(tmp_path, "w") as f:
-        json.dump(meta, f, indent=1)
-        f.write("\n")
-    os.replace(tmp_path, path)
+    write_text_atomic(os.path.join(out_dir, DATASET_META_FILE), json.dumps(meta, indent=1) + "\n")
 
 
 def read_dataset_meta(dataset_dir):
@@ -246,10 +249,8 @@ def load_dataset(name, datapath=None):
             f"{FOLDER_CONVERTER.format(name=name)}")
     if spec is None:
         spec = _spec_from_meta(name, meta)
-    if spec.make_records is not None and not (_has_records(spec, dataset_dir, meta)
-                                              and meta.get("source") == spec.source):
-        meta = spec.make_records(dataset_dir)
-        write_dataset_meta(dataset_dir, meta)
+    if spec.make_records is not None and not _is_current(spec, dataset_dir, meta):
+        meta = _generate(spec, dataset_dir)
     if meta is None:
         raise SegMentorError(f"no records of dataset '{name}' in {dataset_dir}; "
                              f"make them with: {how_to_make(spec, datapath)}")
@@ -261,6 +262,43 @@ def load_dataset(name, datapath=None):
         raise SegMentorError(f"no records of dataset '{name}' in {dataset_dir}; "
                              f"make them with: {how_to_make(spec, datapath)}")
     return spec
+
+
+def _is_current(spec, dataset_dir, meta):
+    """True when a synthetic dataset's records exist and come from this generator version."""
+    return _has_records(spec, dataset_dir, meta) and meta.get("source") == spec.source
+
+
+def _generate(spec, dataset_dir):
+    """Write a synthetic dataset's records and dataset.json once; return the meta.
+
+    Two first runs on a fresh machine may both find no records: an exclusive
+    lock on <dataset_dir>/.lock lets one generate while the other waits, then
+    finds the records current and uses them.
+    """
+    try:
+        os.makedirs(dataset_dir, exist_ok=True)
+        lock_file = open(os.path.join(dataset_dir, LOCK_FILE), "a")
+    except OSError as err:
+        raise SegMentorError(f"cannot write dataset {spec.name} into {dataset_dir} "
+                             f"({first_line(err)}); pass another --datapath") from err
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process generating {spec.name} in {dataset_dir}",
+                  file=sys.stderr)
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        meta = read_dataset_meta(dataset_dir)  # the other process may have made them meanwhile
+        if _is_current(spec, dataset_dir, meta):
+            return meta
+        try:
+            meta = spec.make_records(dataset_dir, spec.split_files)
+            write_dataset_meta(dataset_dir, meta)
+        except OSError as err:
+            raise SegMentorError(f"cannot write dataset {spec.name} into {dataset_dir} "
+                                 f"({first_line(err)}); pass another --datapath") from err
+        return meta  # the lock goes with the file's closing
 
 
 def _has_records(spec, dataset_dir, meta):
@@ -285,4 +323,8 @@ def num_records(spec, datapath, split):
     path = record_path(spec, datapath, split)
     if not os.path.isfile(path):
         raise SegMentorError(f"records file {path} not found; make it with: {how_to_make(spec, datapath)}")
-    return sum(1 for _ in tf.io.tf_record_iterator(path))
+    try:
+        return sum(1 for _ in tf.io.tf_record_iterator(path))
+    except tf.errors.OpError as err:  # DataLossError: truncated or checksum-failing file
+        raise SegMentorError(f"corrupt records in {path} ({first_line(err)}); delete the file "
+                             f"and rerun: {how_to_make(spec, datapath)}") from err

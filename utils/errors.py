@@ -15,6 +15,27 @@ class SegMentorError(Exception):
     """An error caused by the user's input; its message is the whole report."""
 
 
+def first_line(err):
+    """The first line of an exception's message that says what is wrong.
+
+    TensorFlow and PIL errors carry multi-line messages; a one-line report
+    wants the sentence naming the problem, so TensorFlow's framing lines
+    ("Graph execution error:", "Detected at node ...", stack frames, node tags,
+    the Saver's generic preamble) are passed over. The type name when nothing
+    is left.
+    """
+    message = getattr(err, "message", None) or str(err)
+    for line in message.splitlines():
+        line = line.strip()
+        if line and not line.startswith(_TF_FRAMING):
+            return line
+    return type(err).__name__
+
+
+_TF_FRAMING = ("Graph execution error:", "Detected at node", "Node:", "File ", "[[",
+               "Original stack trace", "Restoring from checkpoint failed")
+
+
 def run_main(main, parser, argv=None):
     """Parse `argv`, call `main(args)`, and turn a SegMentorError into one line.
 

@@ -1,16 +1,21 @@
 """tf.data pipelines from tfrecords to batches, behind one feedable iterator.
 
-`Feeder` builds a training pipeline (parse, augment, shuffle, repeat, batch,
-prefetch, all inside tf.data and parallel) and a validation pipeline over a
-fixed subset of the validation records. Both sit behind one string-handle
-iterator, so a single graph trains or validates depending on the handle fed:
+`Feeder` builds a training pipeline (shuffle, parse, augment, batch, prefetch,
+all inside tf.data and parallel) and a validation pipeline over a fixed subset
+of the validation records. Both sit behind one string-handle iterator, so a
+single graph trains or validates depending on the handle fed:
 
-    feeder = Feeder(spec, datapath, batch_size=16, pixels=512)
+    feeder = Feeder(spec, datapath, batch_size=16, pixels=512, start_step=0)
     logits = arch.build_net(feeder.images)
     train = {feeder.handle: feeder.train_handle(sess)}
     sess.run(train_op, train)
     feeder.start_validation(sess)                 # one pass over the val subset
     while True: sess.run(..., {feeder.handle: feeder.val_handle(sess)})  # until OutOfRangeError
+
+The training stream is a pure function of (seed, step): epoch e is the records
+shuffled with a seed made of (seed, e), and example i of the stream is
+augmented with seed (seed, i). A run resumed at step s (`start_step=s`)
+therefore gets exactly the batches the uninterrupted run would have got.
 
 `make_eval_dataset` is the single-split pipeline of fcn_test.
 """
@@ -20,14 +25,15 @@ from utils import augmentation
 from utils.augmentation import AugmentParams, IMAGENET_MEAN_RGB
 from utils.datasets import IGNORE_LABEL, how_to_make, num_records, record_path
 from utils.errors import SegMentorError
-from utils.tf_records import parse_example, read_records, records_errors
+from utils.tf_records import checked_label, parse_example, read_records, records_errors
 from utils.tfcompat import tf
 
 # Serialized (still encoded) records held for shuffling: all of CamVid, and
 # ~100 MB of Pascal VOC JPEGs, enough mixing for datasets stored in any order.
 SHUFFLE_BUFFER_RECORDS = 1000
-# Batches prepared ahead of the training step, so decoding overlaps compute.
-PREFETCH_BATCHES = 2
+# Epoch e of a run seeded s shuffles with seed s * EPOCH_SEED_STRIDE + e: distinct
+# for every (s, e) as long as a run has fewer epochs than this.
+EPOCH_SEED_STRIDE = 1 << 20
 
 
 class Feeder:
@@ -35,26 +41,36 @@ class Feeder:
 
     images: float32 [B, P, P, 3], RGB 0..255 (padding = IMAGENET_MEAN_RGB);
     labels: int32 [B, P, P], IGNORE_LABEL on padding and void.
+    The validation subset is every n-th validation record, n = round(1 / val_fraction),
+    so it spans the whole file (CamVid's val split is a few sequential clips).
+    `start_step`: the training step the first batch is for (a resumed run's step).
     """
 
     def __init__(self, spec, datapath, batch_size, pixels, augment=AugmentParams(),
-                 val_fraction=0.25, seed=0, train_split="train", val_split="val",
-                 debug_overfit=0):
+                 val_fraction=0.25, seed=0, debug_overfit=0, start_step=0):
         if pixels <= 0:
             raise SegMentorError(f"training needs a fixed size: --pixels must be > 0, got {pixels}")
         if not 0 < val_fraction <= 1:
             raise SegMentorError(f"the validated fraction must be in (0, 1], got {val_fraction}")
-        self.train_path = record_path(spec, datapath, train_split)
-        self.val_path = record_path(spec, datapath, val_split)
         self._how_to_make = how_to_make(spec, datapath)
+        if spec.split_counts is not None and "val" not in spec.split_counts:
+            raise SegMentorError(
+                f"dataset {spec.name} has no validation split, which training monitors; convert "
+                f"it with one (folder datasets: --val_ratio > 0): {self._how_to_make}")
+        self.train_path = record_path(spec, datapath, "train")
+        self.val_path = record_path(spec, datapath, "val")
 
-        self.num_train_images = num_records(spec, datapath, train_split)
+        self.num_train_images = num_records(spec, datapath, "train")
         if debug_overfit:
             self.num_train_images = min(debug_overfit, self.num_train_images)
-        self.num_val_images = math.ceil(num_records(spec, datapath, val_split) * val_fraction)
+        if self.num_train_images == 0:
+            raise SegMentorError(f"{self.train_path} holds no records; rerun: {self._how_to_make}")
+        self._val_stride = max(1, round(1 / val_fraction))
+        self.num_val_images = math.ceil(num_records(spec, datapath, "val") / self._val_stride)
 
-        train = self._train_dataset(batch_size, pixels, augment, seed, debug_overfit)
-        val = self._val_dataset(batch_size, pixels)
+        train = self._train_dataset(spec.num_classes, batch_size, pixels, augment, seed,
+                                    debug_overfit, start_step)
+        val = self._val_dataset(spec.num_classes, batch_size, pixels)
         self.handle = tf.placeholder(tf.string, shape=[], name="feeder_handle")
         iterator = tf.data.Iterator.from_string_handle(
             self.handle, tf.data.get_output_types(val), tf.data.get_output_shapes(val))  # val: batch dim None
@@ -65,35 +81,49 @@ class Feeder:
                             "val": self._val_iterator.string_handle()}
         self._handles = {}
 
-    def _train_dataset(self, batch_size, pixels, augment, seed, debug_overfit):
+    def _train_dataset(self, num_classes, batch_size, pixels, augment, seed, debug_overfit,
+                       start_step):
         records = read_records(self.train_path, self._how_to_make)
         if debug_overfit:
             records = records.take(debug_overfit)
-        else:
-            records = records.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True)
+
+        def epoch_records(epoch):
+            if debug_overfit:
+                return records  # the same few images in the same order: easiest to overfit
+            return records.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed * EPOCH_SEED_STRIDE + epoch,
+                                   reshuffle_each_iteration=False)
 
         def parse_and_augment(index, serialized):
             # Each example's random draws are seeded by (seed, position in the
-            # stream), so batches do not depend on the parallel map's timing.
+            # stream), so batches depend neither on the parallel map's timing
+            # nor on where the run was resumed.
             example = parse_example(serialized)
-            return augmentation.train_sizing(example["image"], example["label"], pixels, augment,
+            label = checked_label(example["label"], num_classes, IGNORE_LABEL)
+            return augmentation.train_sizing(example["image"], label, pixels, augment,
                                              tf.stack([tf.cast(seed, tf.int64), index]))
 
-        return (records.repeat().enumerate()
+        first_example = start_step * batch_size
+        start_epoch, offset_in_epoch = divmod(first_example, self.num_train_images)
+        return (tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
+                .skip(offset_in_epoch)  # still serialized: skipping decodes nothing
+                .enumerate(start=first_example)
                 .map(parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(batch_size, drop_remainder=True)
-                .prefetch(PREFETCH_BATCHES))
+                .prefetch(tf.data.AUTOTUNE))
 
-    def _val_dataset(self, batch_size, pixels):
+    def _val_dataset(self, num_classes, batch_size, pixels):
         def parse_and_size(serialized):
             example = parse_example(serialized)
-            image, label, _, _ = augmentation.eval_sizing(example["image"], example["label"], pixels)
+            label = checked_label(example["label"], num_classes, IGNORE_LABEL)
+            image, label, _, _ = augmentation.eval_sizing(example["image"], label, pixels)
             return image, label
 
-        return (read_records(self.val_path, self._how_to_make).take(self.num_val_images)
+        # No .cache(): start_validation re-runs the initializer, which rebuilds
+        # the dataset and with it any in-memory cache, so every pass decodes anyway.
+        return (read_records(self.val_path, self._how_to_make).shard(self._val_stride, 0)
                 .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(batch_size)
-                .prefetch(PREFETCH_BATCHES))
+                .prefetch(tf.data.AUTOTUNE))
 
     def _handle(self, sess, name):
         if name not in self._handles:
@@ -137,7 +167,8 @@ def make_eval_dataset(spec, datapath, split, pixels, batch_size=1):
     def parse_and_size(serialized):
         example = parse_example(serialized)
         image, label, valid_height, valid_width = augmentation.eval_sizing(
-            example["image"], example["label"], pixels)
+            example["image"], checked_label(example["label"], spec.num_classes, IGNORE_LABEL),
+            pixels)
         # padded_batch pads with one scalar; padding the mean-subtracted image
         # with 0 and adding the mean back after batching pads with the mean.
         return dict(image=image - mean, label=label,
@@ -156,4 +187,4 @@ def make_eval_dataset(spec, datapath, split, pixels, batch_size=1):
             .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
             .padded_batch(batch_size, padding_values=padding)
             .map(add_mean)
-            .prefetch(PREFETCH_BATCHES))
+            .prefetch(tf.data.AUTOTUNE))

@@ -123,8 +123,12 @@ def main(args):
     if not images_dir or not labels_dir:
         raise SegMentorError("give --images and --labels (or --src holding images/ and labels/)")
     class_names = resolve_classes(args.num_classes, args.class_names)
-    print_summary(convert(images_dir, labels_dir, args.name, output_dir(args, args.name), class_names,
-                          args.val_ratio, args.seed, args.skip_bad, args.workers))
+    summary = convert(images_dir, labels_dir, args.name, output_dir(args, args.name), class_names,
+                      args.val_ratio, args.seed, args.skip_bad, args.workers)
+    print_summary(summary)
+    if "val" not in summary.counts:
+        print(f"note: no validation split (--val_ratio {args.val_ratio}); fcn_train.py validates "
+              f"on one, so convert again with --val_ratio > 0 to train on {args.name}")
 
 
 if __name__ == "__main__":

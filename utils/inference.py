@@ -27,6 +27,11 @@ import numpy as np
 
 from utils.errors import SegMentorError
 
+# Bootstrap defaults: 1000 resamples give a stable 2.5% / 97.5% quantile; a fixed
+# seed gives the same interval for the same run and split.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CONFIDENCE_LEVEL = 0.95
 # Resamples are processed in chunks so a 182-class dataset with thousands of
 # images does not need a [n_resamples, images] weight matrix at once.
 _BOOTSTRAP_CHUNK = 100
@@ -125,7 +130,8 @@ def miou_from_counts(counts):
     return _nanmean_last(_iou_from_counts(counts))
 
 
-def bootstrap_miou_ci(per_image_confusions, n_resamples=1000, seed=0, level=0.95):
+def bootstrap_miou_ci(per_image_confusions, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED,
+                      level=CONFIDENCE_LEVEL):
     """Percentile bootstrap interval (low, high) of mIoU, resampling whole images.
 
     `per_image_confusions`: [N, C, C], one confusion matrix per image. Each
@@ -140,7 +146,8 @@ def bootstrap_miou_ci(per_image_confusions, n_resamples=1000, seed=0, level=0.95
     return bootstrap_miou_ci_from_counts(iou_counts(per_image), n_resamples, seed, level)
 
 
-def bootstrap_miou_ci_from_counts(per_image_counts, n_resamples=1000, seed=0, level=0.95):
+def bootstrap_miou_ci_from_counts(per_image_counts, n_resamples=BOOTSTRAP_RESAMPLES,
+                                  seed=BOOTSTRAP_SEED, level=CONFIDENCE_LEVEL):
     """bootstrap_miou_ci from per-image iou_counts [N, 3, C] (O(C) memory per image)."""
     counts = np.asarray(per_image_counts, dtype=np.int64)
     num_images = counts.shape[0]
@@ -193,5 +200,5 @@ class ScoreAccumulator:
     def metrics(self, class_names):
         return segmentation_metrics(self.confusion, class_names)
 
-    def miou_ci(self, n_resamples=1000, seed=0, level=0.95):
+    def miou_ci(self, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, level=CONFIDENCE_LEVEL):
         return bootstrap_miou_ci_from_counts(np.stack(self._per_image_counts), n_resamples, seed, level)

@@ -8,7 +8,7 @@ colour distribution), so a net has to learn outlines; the objects are large
 relative to the image, so an output-stride-16 decoder can still reach a high
 mIoU. Generation is seeded per image: the same constants give the same files.
 
-    meta = write_shapes_dataset(dataset_dir)   # writes the records, returns dataset.json dict
+    meta = write_shapes_dataset(dataset_dir, SPLIT_FILES)  # writes the records, returns dataset.json dict
     python -m utils.shapes --out data/shapes   # the same from the command line
 
 `utils.datasets.load_dataset('shapes', ...)` calls it on first use.
@@ -27,13 +27,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from utils.errors import SegMentorError, run_main
+from utils.errors import SegMentorError, first_line, run_main
 from utils.tf_records import RecordWriter, encode_label_png
 
 # ---- Parameters (the lead tunes these; any change regenerates the records) ----
 IMAGE_SIZE_PX = 128            # native (square) size; also the training --pixels default
-# 125 steps per epoch at batch 16: fcn_train.py's 10 default epochs give the
-# ~1200 steps a from-scratch MobileNetV1-FCN16 needs to pass mIoU 0.8 here.
+# Sized with fcn_train.py's defaults (DEFAULT_EPOCHS x NUM_TRAIN_IMAGES / DEFAULT_BATCH_SIZE
+# steps at SCRATCH_LEARNRATE): enough for a from-scratch MobileNetV1-FCN16 to pass val
+# mIoU 0.8 in a few minutes on 2 CPU cores. Retune those together.
 NUM_TRAIN_IMAGES = 2000
 NUM_VAL_IMAGES = 200
 SEED = 2018
@@ -59,8 +60,7 @@ PIXEL_NOISE_STDDEV = 10
 SHAPE_NAMES = ("circle", "rectangle", "triangle", "cross")
 CLASS_NAMES = ("background",) + SHAPE_NAMES
 CLASS_COLORS = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200))
-SPLITS = {"train": ("training.tfrecords", NUM_TRAIN_IMAGES),
-          "val": ("validation.tfrecords", NUM_VAL_IMAGES)}
+SPLIT_SIZES = {"train": NUM_TRAIN_IMAGES, "val": NUM_VAL_IMAGES}
 
 _PARAMS = {name: value for name, value in dict(globals()).items()
            if name.isupper() and not name.startswith("_")}
@@ -108,7 +108,8 @@ def _shape_mask(rng, shape, size):
 
 
 def _background(rng, size):
-    """float [size, size, 3]: a base colour, smooth blobs and faint stripes."""
+    """(base_rgb float [3], image float [size, size, 3]): a base colour plus smooth blobs
+    and faint stripes; shapes pick colours that contrast with base_rgb."""
     base = rng.uniform(0, 255, size=3)
     cells = rng.normal(0, 1, size=(BACKGROUND_BLOB_CELLS, BACKGROUND_BLOB_CELLS, 3))
     blobs = np.stack([np.asarray(Image.fromarray(cells[..., c].astype(np.float32))
@@ -146,7 +147,7 @@ def make_sample(rng, size=IMAGE_SIZE_PX):
 
 def _sample_rng(split, index):
     # One generator per image: a sample does not depend on how many others are made.
-    return np.random.default_rng([SEED, list(SPLITS).index(split), index])
+    return np.random.default_rng([SEED, list(SPLIT_SIZES).index(split), index])
 
 
 def _png_bytes(image):
@@ -155,13 +156,16 @@ def _png_bytes(image):
     return buffer.getvalue()
 
 
-def write_shapes_dataset(dataset_dir):
-    """Write the train and val records into `dataset_dir`; return the dataset.json dict."""
+def write_shapes_dataset(dataset_dir, split_files):
+    """Write the train and val records into `dataset_dir`; return the dataset.json dict.
+
+    `split_files` maps each split to its file name (utils.datasets.SPLIT_FILES).
+    """
     pixel_counts = np.zeros(len(CLASS_NAMES), np.int64)
     splits = {}
-    with tqdm(total=sum(count for _, count in SPLITS.values()), desc="generating shapes",
-              unit="img") as progress:
-        for split, (file_name, count) in SPLITS.items():
+    with tqdm(total=sum(SPLIT_SIZES.values()), desc="generating shapes", unit="img") as progress:
+        for split, count in SPLIT_SIZES.items():
+            file_name = split_files[split]
             with RecordWriter(os.path.join(dataset_dir, file_name)) as writer:
                 for index in range(count):
                     image, label = make_sample(_sample_rng(split, index))
@@ -187,13 +191,14 @@ def build_parser():
 
 
 def main(args):
-    from utils.datasets import DEFAULT_DATAPATH, write_dataset_meta  # datasets imports this module
+    from utils.datasets import DEFAULT_DATAPATH, SPLIT_FILES, write_dataset_meta  # datasets imports this module
     out = args.out or os.path.join(DEFAULT_DATAPATH, "shapes")
     try:
-        meta = write_shapes_dataset(out)
+        meta = write_shapes_dataset(out, SPLIT_FILES)
+        write_dataset_meta(out, meta)
     except OSError as err:
-        raise SegMentorError(f"cannot write shapes records to {out} ({err}); pick another --out") from err
-    write_dataset_meta(out, meta)
+        raise SegMentorError(f"cannot write shapes records to {out} ({first_line(err)}); "
+                             f"pick another --out") from err
     print(f"wrote {out}: " + ", ".join(f"{s} {i['count']} images ({i['file']})"
                                         for s, i in meta["splits"].items()))
 

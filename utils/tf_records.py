@@ -18,11 +18,13 @@ Usage:
 import contextlib
 import io
 import os
+import re
 
 import numpy as np
 from PIL import Image
 
 from utils.errors import SegMentorError
+from utils.files import atomic_path
 from utils.tfcompat import tf
 
 IMAGE_KEY = "image/encoded"
@@ -34,8 +36,6 @@ FILENAME_KEY = "image/filename"
 
 # Accepted spellings of the image format -> the name stored in the record.
 IMAGE_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
-
-PARTIAL_SUFFIX = ".partial"
 
 _FEATURES = {
     IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
@@ -82,22 +82,30 @@ def encode_example(image_bytes, image_format, label_png_bytes, height, width, fi
 
 
 class RecordWriter:
-    """Writes one tfrecords file atomically.
+    """Writes one tfrecords file atomically (utils.files.atomic_path).
 
-    Records go to `path + '.partial'`; a clean exit renames it to `path`, an
-    exception deletes it. An interrupted conversion therefore never leaves a
-    half file under the name the feeder reads.
+    Records go to a unique temporary file next to `path`; a clean exit
+    renames it to `path`, an exception deletes it. An interrupted conversion
+    therefore never leaves a half file under the name the feeder reads, and
+    two writers of the same path never write into one file.
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self.partial_path = self.path + PARTIAL_SUFFIX
+        self.partial_path = None  # set while writing
         self.count = 0
         self._writer = None
+        self._atomic = None
 
     def __enter__(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._writer = tf.io.TFRecordWriter(self.partial_path)
+        self._atomic = atomic_path(self.path)
+        self.partial_path = self._atomic.__enter__()
+        try:
+            self._writer = tf.io.TFRecordWriter(self.partial_path)
+        except BaseException as err:
+            self._atomic.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def write(self, image_bytes, image_format, label_png_bytes, height, width, filename):
@@ -106,11 +114,15 @@ class RecordWriter:
         self.count += 1
 
     def __exit__(self, exc_type, exc, traceback):
-        self._writer.close()
-        if exc_type is None:
-            os.replace(self.partial_path, self.path)
-        elif os.path.exists(self.partial_path):
-            os.remove(self.partial_path)
+        try:
+            self._writer.close()
+        except BaseException as err:
+            if exc_type is None:
+                exc_type, exc, traceback = type(err), err, err.__traceback__
+            self._atomic.__exit__(exc_type, exc, traceback)  # removes the temporary file
+            raise
+        # atomic_path renames on success and removes the temporary file on error.
+        self._atomic.__exit__(exc_type, exc, traceback)
         return False
 
 
@@ -146,6 +158,26 @@ def read_records(path, how_to_make=None):
     return tf.data.TFRecordDataset(path)
 
 
+# The message of checked_label's assertion; records_errors recognises it.
+_LABEL_RANGE_PHRASE = "label value outside the class range"
+_LABEL_RANGE_PATTERN = re.compile(re.escape(_LABEL_RANGE_PHRASE) + r"\] \[(\d+)\] \[(\d+)\] \[(\d+)\]")
+
+
+def checked_label(label, num_classes, ignore_label):
+    """`label` (integer [h, w, ...]) after asserting every value is a class or `ignore_label`.
+
+    A record with another value (a dataset converted with a different class
+    list) would otherwise fail deep in the loss on a CPU, or train on NaNs on a
+    GPU; inside `records_errors` it fails as one line naming the file.
+    """
+    real = tf.where(tf.equal(label, ignore_label), tf.zeros_like(label), label)
+    largest = tf.cast(tf.reduce_max(real), tf.int64)
+    check = tf.debugging.Assert(largest < num_classes,
+                                [_LABEL_RANGE_PHRASE, largest, num_classes, ignore_label])
+    with tf.control_dependencies([check]):
+        return tf.identity(label)
+
+
 # Phrases of TF errors that only bad record bytes cause: a truncated or
 # checksum-failing file (DataLossError), or an entry whose bytes do not parse
 # or decode (InvalidArgumentError from the map function).
@@ -166,14 +198,32 @@ def records_errors(*paths, how_to_make=None):
     """
     try:
         yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-        reason = _corrupt_data_reason(err.message)
-        if reason is None and not isinstance(err, tf.errors.DataLossError):
+    except tf.errors.InvalidArgumentError as err:
+        match = _LABEL_RANGE_PATTERN.search(err.message)
+        if match is None:
+            _raise_if_corrupt(err, paths, how_to_make)
             raise  # a graph bug, not the data: keep its traceback
-        files = ", ".join(os.fspath(p) for p in paths) or "the records"
-        fix = how_to_make or "the dataset's converter"
-        raise SegMentorError(f"corrupt records in {files} ({reason or 'data loss'}); "
-                             f"delete the file and rerun: {fix}") from err
+        value, num_classes, ignore_label = map(int, match.groups())
+        raise SegMentorError(
+            f"records in {_names(paths)} hold label value {value}, which is not a class of the "
+            f"dataset (0..{num_classes - 1}, {ignore_label} = ignore): the records and the "
+            f"dataset's class list disagree; rerun: {how_to_make or 'the dataset converter'}") from err
+    except tf.errors.DataLossError as err:
+        _raise_if_corrupt(err, paths, how_to_make)
+
+
+def _names(paths):
+    return ", ".join(os.fspath(p) for p in paths) or "the records"
+
+
+def _raise_if_corrupt(err, paths, how_to_make):
+    """SegMentorError for a DataLossError or a decoding error; return for anything else."""
+    reason = _corrupt_data_reason(err.message)
+    if reason is None and not isinstance(err, tf.errors.DataLossError):
+        return
+    fix = how_to_make or "the dataset's converter"
+    raise SegMentorError(f"corrupt records in {_names(paths)} ({reason or 'data loss'}); "
+                         f"delete the file and rerun: {fix}") from err
 
 
 def _corrupt_data_reason(message):

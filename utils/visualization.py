@@ -29,9 +29,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from utils.errors import SegMentorError  # noqa: E402
+from utils.datasets import NUM_LABEL_VALUES  # noqa: E402
+from utils.errors import SegMentorError, first_line  # noqa: E402
+from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, atomic_path  # noqa: E402
 from utils.tfcompat import tf  # noqa: E402
 
 # Colour of ignored pixels: Pascal VOC's 'void' border colour, pale enough to
@@ -39,8 +41,6 @@ from utils.tfcompat import tf  # noqa: E402
 IGNORE_COLOR = (224, 224, 192)
 # Weight of the class colour when blending it over the photo.
 OVERLAY_ALPHA = 0.5
-# Every label value a uint8 label map can hold.
-_NUM_LABEL_VALUES = 256
 
 _FIGURE_DPI = 100
 # Side-by-side panels are drawn at least this wide, so small images stay legible.
@@ -52,7 +52,6 @@ _MAX_ANNOTATED_CLASSES = 20
 _HEATMAP_INCHES_PER_CLASS = 0.45
 _HEATMAP_MIN_INCHES, _HEATMAP_MAX_INCHES = 6.0, 40.0
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # mp4v is the MPEG-4 codec every OpenCV build can write into an .mp4 container.
 VIDEO_FOURCC = "mp4v"
 DEFAULT_VIDEO_FPS = 25.0  # when a container does not state its frame rate
@@ -65,11 +64,11 @@ def palette(colors, ignore_label):
     IGNORE_COLOR.
     """
     colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-    if len(colors) > _NUM_LABEL_VALUES:
+    if len(colors) > NUM_LABEL_VALUES:
         raise ValueError(f"{len(colors)} colours do not fit in a uint8 label map")
-    table = np.zeros((_NUM_LABEL_VALUES, 3), np.uint8)
+    table = np.zeros((NUM_LABEL_VALUES, 3), np.uint8)
     table[:len(colors)] = colors
-    if 0 <= ignore_label < _NUM_LABEL_VALUES:
+    if 0 <= ignore_label < NUM_LABEL_VALUES:
         table[ignore_label] = IGNORE_COLOR
     return table
 
@@ -77,7 +76,7 @@ def palette(colors, ignore_label):
 def colorize(labels, colors, ignore_label):
     """RGB uint8 [..., 3] of an integer label map [...] (class ids, ignore label)."""
     labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() >= _NUM_LABEL_VALUES):
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_LABEL_VALUES):
         raise ValueError("label values must lie in 0..255")
     return palette(colors, ignore_label)[labels.astype(np.intp)]
 
@@ -92,7 +91,7 @@ def colorize_labels_tf(labels, colors, ignore_label):
     labels = tf.convert_to_tensor(labels)
     if labels.shape.ndims == 4:
         labels = tf.squeeze(labels, axis=-1)
-    indices = tf.clip_by_value(tf.cast(labels, tf.int32), 0, _NUM_LABEL_VALUES - 1)
+    indices = tf.clip_by_value(tf.cast(labels, tf.int32), 0, NUM_LABEL_VALUES - 1)
     return tf.gather(table, indices)
 
 
@@ -185,10 +184,10 @@ def confusion_heatmap_figure(conf, class_names, title="confusion matrix (rows: t
 
 
 def save_figure(fig, path):
-    """Render `fig` to a PNG at `path`, atomically."""
-    tmp_path = _partial(path)
-    fig.savefig(tmp_path, format="png", dpi=_FIGURE_DPI, bbox_inches="tight")
-    os.replace(tmp_path, path)
+    """Render `fig` to a PNG at `path` (folders made as needed), atomically."""
+    _make_parent(path)
+    with atomic_path(path) as tmp_path:
+        fig.savefig(tmp_path, format="png", dpi=_FIGURE_DPI, bbox_inches="tight")
 
 
 def save_png(array, path):
@@ -196,15 +195,13 @@ def save_png(array, path):
     array = np.asarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"PNG output needs uint8, got {array.dtype}")
-    tmp_path = _partial(path)
-    Image.fromarray(array).save(tmp_path, format="PNG")
-    os.replace(tmp_path, path)
+    _make_parent(path)
+    with atomic_path(path) as tmp_path:
+        Image.fromarray(array).save(tmp_path, format="PNG")
 
 
-def _partial(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    return os.path.join(directory, "." + os.path.basename(path) + ".partial")
+def _make_parent(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 # --- Photos and videos in and out ----------------------------------------------------
@@ -228,13 +225,13 @@ def image_files(path):
     for file in files:
         try:
             Image.open(file).close()
-        except (OSError, UnidentifiedImageError) as err:
+        except IMAGE_READ_ERRORS as err:
             raise SegMentorError(_unreadable_image(file, err)) from None
     return files
 
 
 def _unreadable_image(path, err):
-    return f"cannot read image {path} ({err}); is it a PNG/JPEG image?"
+    return f"cannot read image {path} ({first_line(err)}); is it a PNG/JPEG image?"
 
 
 def read_rgb(path):
@@ -242,16 +239,16 @@ def read_rgb(path):
     try:
         with Image.open(path) as picture:
             return np.asarray(picture.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
+    except IMAGE_READ_ERRORS as err:
         raise SegMentorError(_unreadable_image(path, err)) from None
 
 
 class VideoReader:
     """RGB frames of a video file, read with OpenCV.
 
-        reader = VideoReader(path)   # SegMentorError if OpenCV cannot read it
-        reader.fps, reader.num_frames (container's estimate), reader.width, reader.height
-        for frame in reader: ...     # uint8 RGB [height, width, 3]
+        with VideoReader(path) as reader:  # SegMentorError if OpenCV cannot read it
+            reader.fps, reader.num_frames (container's estimate), reader.width, reader.height
+            for frame in reader: ...     # uint8 RGB [height, width, 3]
     """
 
     def __init__(self, path):
@@ -277,7 +274,18 @@ class VideoReader:
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             ok, frame = self._capture.read()
             frame = frame if ok else None
+        self.close()
+
+    def close(self):
+        """Release the file (also done after the last frame); safe to call twice."""
         self._capture.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 class VideoWriter:
@@ -289,14 +297,17 @@ class VideoWriter:
 
     def __init__(self, path, fps, width, height):
         self.path = path
-        # OpenCV picks the container from the extension, so the partial name keeps .mp4.
-        directory, name = os.path.split(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        self._partial = os.path.join(directory, ".partial." + name)
+        _make_parent(path)
+        # OpenCV picks the container from the extension, so the temporary name keeps it.
+        self._atomic = atomic_path(path, suffix=".partial" + os.path.splitext(path)[1])
+        self._partial = self._atomic.__enter__()
         self._writer = cv2.VideoWriter(self._partial, cv2.VideoWriter_fourcc(*VIDEO_FOURCC),
                                        fps, (width, height))
         if not self._writer.isOpened():
-            raise SegMentorError(f"cannot write video {path}: OpenCV has no {VIDEO_FOURCC} encoder")
+            self._writer.release()
+            err = SegMentorError(f"cannot write video {path}: OpenCV has no {VIDEO_FOURCC} encoder")
+            self._atomic.__exit__(SegMentorError, err, None)  # removes any temporary file
+            raise err
         self.num_frames = 0
 
     def write(self, frame):
@@ -308,8 +319,6 @@ class VideoWriter:
 
     def __exit__(self, exc_type, exc, traceback):
         self._writer.release()
-        if exc_type is None:
-            os.replace(self._partial, self.path)
-        elif os.path.exists(self._partial):
-            os.remove(self._partial)
+        # atomic_path renames on success and removes the temporary file on error.
+        self._atomic.__exit__(exc_type, exc, traceback)
         return False
