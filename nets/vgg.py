@@ -69,8 +69,8 @@ def arg_scope(is_training=True, weight_decay=WEIGHT_DECAY, batch_norm_decay=None
     interface; VGG-16 has no batch norm, so any value other than None is an error.
     """
     if batch_norm_decay is not None:
-        raise SegMentorError("vgg_16 has no batch norm, so a batch norm decay cannot apply "
-                             "to it; leave the batch norm decay unset")
+        raise SegMentorError("vgg_16 has no batch norm, so a batch-norm decay does not apply "
+                             "to it: drop --batch_norm_decay with --basenet vgg_16")
     with slim.arg_scope([slim.conv2d], activation_fn=tf.nn.relu,
                         weights_regularizer=slim.l2_regularizer(weight_decay),
                         biases_initializer=tf.zeros_initializer(), padding="SAME"), \

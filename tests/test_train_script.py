@@ -5,6 +5,7 @@ Runs are the slow part, so module fixtures start each scenario once and
 several tests read its results.
 """
 import io
+import json
 import os
 import signal
 import subprocess
@@ -16,9 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fcn_arch
 import fcn_train
-from utils import shapes
-from utils.datasets import write_dataset_meta
+from utils import shapes, training, training_loop
+from utils.augmentation import AugmentParams
+from utils.datasets import DatasetSpec, write_dataset_meta
 from utils.errors import run_main
 from utils.run_folder import RUNLOG_FILE, parse_runlog, read_runargs
 from utils.tf_records import RecordWriter, encode_label_png
@@ -140,6 +143,16 @@ def test_runargs_hold_the_resolved_settings_fcn_test_needs(two_runs, datapath):
         basenet="mobilenet_v1", extended_arch="fcn", fcn16=True, fcn8=False, fcn4=False,
         trainable_upsampling=False, dataset=DATASET)
     assert "resume" not in runargs
+    # The step plan, so a resume keeps the schedule whatever the defaults or the data become.
+    assert {k: runargs[k] for k in training_loop.PLAN_KEYS} == dict(
+        train_images=NUM_IMAGES["train"], batch_size=BATCH_SIZE,
+        steps_per_epoch=STEPS_PER_EPOCH, total_steps=TWO_RUNS_STEPS, lr_drop_steps=[],
+        log_every=1, val_every=TWO_RUNS_EVERY, save_every=STEPS_PER_EPOCH,
+        snapshot_every=TWO_RUNS_EVERY)
+    assert (runargs["flip"], runargs["scale_range"], runargs["stretch_range"]) == (
+        AugmentParams().flip, list(AugmentParams().scale_range),
+        list(AugmentParams().stretch_range))
+    assert runargs["batch_norm_decay"] == training.DEFAULT_BATCH_NORM_DECAY
 
 
 def test_runlog_has_step_validation_and_closing_lines(two_runs):
@@ -196,7 +209,8 @@ SAVE_EVERY = 5
 def interrupted_run(datapath, tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
     first = start_training(*train_args(datapath, runs_dir, "--epochs", str(CHAIN_EPOCHS),
-                                       "--save_every", str(SAVE_EVERY), "--val_every", "20"))
+                                       "--save_every", str(SAVE_EVERY), "--val_every", "20",
+                                       "--decaylr"))
     deadline = time.time() + RUN_TIMEOUT_SECS
     while not run_folders(runs_dir) and time.time() < deadline:
         time.sleep(0.05)
@@ -257,6 +271,78 @@ def test_a_killed_run_resumes_and_ends_at_the_planned_step(interrupted_run):
     assert logged_steps == set(range(1, CHAIN_STEPS + 1))
 
 
+def test_logged_learning_rates_follow_the_decaylr_drops_across_resumes(interrupted_run):
+    drop_steps = [round(CHAIN_STEPS / 3), round(2 * CHAIN_STEPS / 3)]
+    assert read_runargs(interrupted_run["run_dir"])["lr_drop_steps"] == drop_steps
+    for line in interrupted_run["lines"]:
+        if "lr" in line:  # step k ran from global step k - 1, with the rate of that step
+            drops = sum(line["step"] - 1 >= drop for drop in drop_steps)
+            expected = fcn_train.SCRATCH_LEARNRATE / training.LR_DROP_FACTOR ** drops
+            assert line["lr"] == pytest.approx(expected, rel=1e-3), line
+
+
+def test_resuming_a_finished_run_says_so_in_one_line(interrupted_run):
+    runlog_before = (interrupted_run["run_dir"] / RUNLOG_FILE).read_text()
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "fcn_train.py"), "--resume",
+                             str(interrupted_run["run_dir"])], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_SECS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (f"{interrupted_run['run_dir']} already finished at step "
+                                     f"{CHAIN_STEPS} of {CHAIN_STEPS}: nothing to resume")
+    assert (interrupted_run["run_dir"] / RUNLOG_FILE).read_text() == runlog_before
+
+
+# --- The graph of every net and option, built but not run ---------------------------------------
+
+GRAPH_SPEC = DatasetSpec(name="toy", class_names=("sky", "road", "car"),
+                         colors=((0, 0, 255), (128, 128, 128), (255, 0, 0)),
+                         class_frequencies=(0.5, 0.4, 0.1), default_pixels=IMAGE_SIZE_PX,
+                         converter="none")
+
+
+def build_training_graph(*argv):
+    """fcn_train's settings from `argv` and its graph on placeholders: (tf.Graph, TrainGraph)."""
+    settings = fcn_train.run_settings(fcn_train.build_parser().parse_args(list(argv)))
+    with tf.Graph().as_default() as graph:
+        images = tf.placeholder(tf.float32, [BATCH_SIZE, IMAGE_SIZE_PX, IMAGE_SIZE_PX, 3])
+        labels = tf.placeholder(tf.int32, [BATCH_SIZE, IMAGE_SIZE_PX, IMAGE_SIZE_PX])
+        plan = training_loop.make_plan(settings, NUM_IMAGES["train"])
+        train_graph = training_loop.build_graph(settings, GRAPH_SPEC, images, labels,
+                                                plan.lr_drop_steps)
+    return graph, train_graph
+
+
+@pytest.mark.parametrize("net", list(fcn_arch.FEATURE_EXTRACTORS))
+def test_the_training_graph_builds_for_every_net_with_its_defaults(net):
+    graph, train_graph = build_training_graph("--basenet", net, "--fcn16", "--scratch")
+    num_classes = len(GRAPH_SPEC.class_names)
+    assert train_graph.eval_logits.shape.as_list() == [BATCH_SIZE, IMAGE_SIZE_PX,
+                                                       IMAGE_SIZE_PX, num_classes]
+    assert train_graph.train_confusion.shape.as_list() == [num_classes, num_classes]
+    # Batch-norm moving averages update with each step, for the nets that have them.
+    has_batch_norm = fcn_arch.FEATURE_EXTRACTORS[net].has_batch_norm
+    assert bool(graph.get_collection(tf.GraphKeys.UPDATE_OPS)) == has_batch_norm
+    trainable = [v.op.name for v in graph.get_collection(tf.GraphKeys.TRAINABLE_VARIABLES)]
+    assert not any("upsample" in name for name in trainable)  # bilinear, fixed by default
+
+
+def test_the_training_graph_builds_with_every_option():
+    graph, train_graph = build_training_graph(
+        "--basenet", "mobilenet_v1", "--fcn8", "--extended_arch", "fcn_refine", "--difflr",
+        "--class_weighting", "median-frequency", "--trainable_upsampling",
+        "--optimizer", "momentum", "--decaylr")
+    trainable = {v.op.name for v in graph.get_collection(tf.GraphKeys.TRAINABLE_VARIABLES)}
+    assert any(name.startswith("decoder/head_") for name in trainable)  # the refine decoder
+    assert any("upsample" in name for name in trainable)
+    momentum_slots = {v.op.name for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+                      if v.op.name.endswith("/Momentum")}
+    assert momentum_slots == {name + "/Momentum" for name in trainable}
+    # --difflr: the encoder and the new layers are updated by two optimizers.
+    update_scopes = {op.name.split("/")[0] for op in graph.get_operations()
+                     if op.type.endswith("ApplyMomentum")}
+    assert len(update_scopes) == 2
+
+
 # --- Errors -----------------------------------------------------------------------------------
 
 def run_in_process(argv, capsys):
@@ -279,6 +365,23 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(datapath, tmp_path
         assert np.isfinite(tf.train.load_variable(str(run_dir / "fcn.ckpt"), name)).all(), name
 
 
+def test_labels_outside_the_class_list_stop_with_one_line(datapath, tmp_path, capsys):
+    # The same records, described as a dataset with only two classes.
+    fewer_classes = tmp_path / "data" / DATASET
+    fewer_classes.mkdir(parents=True)
+    meta = json.loads((datapath / DATASET / "dataset.json").read_text())
+    for name in ("training.tfrecords", "validation.tfrecords"):
+        (fewer_classes / name).symlink_to(datapath / DATASET / name)
+    write_dataset_meta(fewer_classes, dict(meta, class_names=meta["class_names"][:2],
+                                           colors=meta["colors"][:2],
+                                           class_frequencies=[0.5, 0.5]))
+    code, stderr = run_in_process(train_args(tmp_path / "data", tmp_path / "runs"), capsys)
+    assert code == 2
+    assert "Traceback" not in "\n".join(stderr)  # above it only the progress bar
+    assert stderr[-1].startswith("fcn_train.py: error: records in ")
+    assert "label value 2" in stderr[-1] and "0..1" in stderr[-1]  # found, and allowed
+
+
 def test_missing_pretrained_checkpoint_says_where_and_leaves_no_folder(datapath, tmp_path,
                                                                        capsys):
     args = [arg for arg in train_args(datapath, tmp_path / "runs") if arg != "--scratch"]
@@ -293,10 +396,23 @@ def test_missing_pretrained_checkpoint_says_where_and_leaves_no_folder(datapath,
     (["--basenet", "nope"], "argument --basenet: invalid choice: 'nope'"),
     (["--batch_size", "-3"], "argument --batch_size: must be > 0, got -3"),
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
-    (["--momentum", "1.5"], "argument --momentum: must be strictly between 0 and 1"),
+    (["--momentum", "1"], "argument --momentum: must be >= 0 and < 1, got 1"),
+    (["--batch_norm_decay", "0"], "argument --batch_norm_decay: must be > 0 and < 1, got 0"),
+    (["-g", "-2"], "argument -g/--gpu: must be >= -1, got -2"),
     (["--decaylr", "--lr_schedule", "3"], "--decaylr and --lr_schedule are two schedules"),
-    (["--epochs", "5", "--lr_schedule", "2", "5"], "--lr_schedule epochs must lie inside"),
+    (["--epochs", "5", "--lr_schedule", "2", "5"], "--lr_schedule epochs must increase strictly "
+                                                   "and lie inside the 5 --epochs, got 2 5"),
+    (["--lr_schedule", "3", "3"], "--lr_schedule epochs must increase strictly"),
     (["--scratch", "--modelspath", "/models"], "--modelspath would be unused"),
+    (["--scratch", "--difflr"], "with --scratch every layer is new"),
+    (["--optimizer", "momentum", "--epsilon", "0.1"], "--epsilon is Adam's; --optimizer "
+                                                      "momentum has none"),
+    (["--basenet", "vgg_16", "--batch_norm_decay", "0.9"], "--basenet vgg_16 has no batch "
+                                                           "norm: drop --batch_norm_decay"),
+    (["--scale_range", "1.5", "0.5"], "--scale_range LOW HIGH needs LOW <= HIGH, got 1.5 0.5"),
+    (["--stretch_range", "0", "1"], "argument --stretch_range: must be > 0, got 0"),
+    (["--debug_overfit", "4", "--no-flip"], "--debug_overfit trains without augmentation, so "
+                                            "--flip would be unused"),
     (["--resume", "tmp/x", "--epochs", "3"], "--resume takes every setting from tmp/x/runargs"),
 ])
 def test_bad_flags_give_one_line_and_exit_code_2(argv, message, capsys):
@@ -306,6 +422,14 @@ def test_bad_flags_give_one_line_and_exit_code_2(argv, message, capsys):
     assert exit_info.value.code == 2
     assert len(stderr) == 1 and stderr[0].startswith("fcn_train.py: error: ")
     assert message in stderr[0]
+
+
+def test_flag_values_at_their_limits_are_accepted():
+    args = fcn_train.build_parser().parse_args(
+        ["--momentum", "0", "--no-flip", "--scale_range", "1", "1", "--lr_schedule", "1", "2.5",
+         "-g", "-1"])
+    assert (args.momentum, args.flip, args.scale_range, args.lr_schedule, args.gpu) == (
+        0.0, False, [1.0, 1.0], [1.0, 2.5], -1)
 
 
 def test_user_errors_reach_the_shell_as_one_line_without_traceback(datapath, tmp_path):

@@ -1,16 +1,19 @@
 """Training building blocks: run folder, runargs, runlog, loss, class weights,
-lr schedules, optimizers, checkpoints (utils/run_folder.py, utils/training.py,
-utils/checkpoints.py)."""
+lr schedules, optimizers, checkpoints, step plan and the end of a run
+(utils/run_folder.py, utils/training.py, utils/checkpoints.py, utils/training_loop.py)."""
 import datetime
 import json
 import os
 import signal
+import stat
 import threading
 
 import numpy as np
 import pytest
 
-from utils import checkpoints, inference, run_folder, training
+from types import SimpleNamespace
+
+from utils import checkpoints, inference, run_folder, training, training_loop
 from utils.datasets import IGNORE_LABEL, DatasetSpec
 from utils.errors import SegMentorError
 from utils.tfcompat import tf
@@ -46,6 +49,23 @@ def test_run_dirs_claimed_at_the_same_moment_differ(tmp_path):
     assert len(set(claimed)) == num_runs
     assert sorted(os.listdir(tmp_path)) == sorted(
         f"20240131_mobilenet_v1__{n}" for n in range(1, num_runs + 1))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_unwritable_runs_dir_is_a_user_error_naming_the_flag(tmp_path):
+    tmp_path.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(SegMentorError, match=f"cannot create a run folder in {tmp_path}.*"
+                                                 f"--runs_dir"):
+            run_folder.create_run_dir(tmp_path, "mobilenet_v1", DATE)
+    finally:
+        tmp_path.chmod(stat.S_IRWXU)
+
+
+def test_a_runs_dir_below_a_file_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SegMentorError, match="--runs_dir"):
+        run_folder.create_run_dir(tmp_path / "file" / "runs", "mobilenet_v1", DATE)
 
 
 def test_runargs_round_trip_as_sorted_json(tmp_path):
@@ -125,12 +145,18 @@ def test_loss_of_an_all_ignored_batch_is_zero():
         assert sess.run(loss) == 0.0
 
 
-def test_batch_confusion_equals_the_numpy_confusion_matrix():
-    logits, labels = random_batch(num_classes=5, shape=(3, 7, 9), seed=1)
+@pytest.mark.parametrize("num_classes, ignored_fraction", [(5, 0.3), (1, 0.5), (3, 1.0)])
+def test_batch_confusion_equals_the_numpy_confusion_matrix(num_classes, ignored_fraction):
+    rng = np.random.RandomState(1)
+    logits = rng.normal(size=(3, 7, 9, num_classes)).astype(np.float32)
+    labels = rng.randint(0, num_classes, (3, 7, 9)).astype(np.int32)
+    labels[rng.rand(*labels.shape) < ignored_fraction] = IGNORE_LABEL
     with tf.Graph().as_default(), tf.Session() as sess:
-        conf = sess.run(training.batch_confusion(tf.constant(logits), tf.constant(labels), 5,
-                                                 IGNORE_LABEL))
-    expected = inference.confusion_matrix(labels, logits.argmax(-1), 5, IGNORE_LABEL)
+        labels_in = tf.placeholder(tf.int32, [None, None, None])  # shapes known only at run time
+        conf = sess.run(training.batch_confusion(tf.constant(logits), labels_in, num_classes,
+                                                 IGNORE_LABEL), {labels_in: labels})
+    expected = inference.confusion_matrix(labels, logits.argmax(-1), num_classes, IGNORE_LABEL)
+    assert conf.dtype == np.int64
     np.testing.assert_array_equal(conf, expected)
 
 
@@ -225,7 +251,7 @@ def test_saves_write_latest_snapshots_and_the_state_file(tmp_path):
     with tf.Graph().as_default(), tf.Session() as sess:
         weights, global_step = variables_graph()
         keeper = checkpoints.CheckpointKeeper(str(tmp_path))
-        assert keeper.restore_newest(sess) is None
+        assert checkpoints.newest_intact(str(tmp_path)) is None
         for step, snapshot in ((5, True), (10, False), (15, True), (20, False)):
             save_at(sess, keeper, weights, global_step, step, snapshot)
     assert checkpoints.snapshot_steps(str(tmp_path)) == [5, 15]
@@ -236,9 +262,18 @@ def test_saves_write_latest_snapshots_and_the_state_file(tmp_path):
     assert "/" not in (tmp_path / "checkpoint").read_text()  # relative: the folder can move
     assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_15"), "global_step") == 15
     assert tf.train.load_variable(str(tmp_path / "fcn.ckpt"), "global_step") == 20
+    assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_prev"), "global_step") == 15
 
 
-def test_resume_skips_a_damaged_latest_checkpoint(tmp_path):
+def restore_newest(sess, keeper, run_dir, skipped=None):
+    """What a resumed run does: find the newest intact checkpoint, then restore it."""
+    found = checkpoints.newest_intact(str(run_dir), on_skip=lambda path, why: skipped.append(path)
+                                      if skipped is not None else None)
+    keeper.restore(sess, found.prefix)
+    return found
+
+
+def test_resume_skips_damaged_checkpoints_down_to_an_intact_snapshot(tmp_path):
     with tf.Graph().as_default(), tf.Session() as sess:
         weights, global_step = variables_graph()
         keeper = checkpoints.CheckpointKeeper(str(tmp_path))
@@ -249,15 +284,41 @@ def test_resume_skips_a_damaged_latest_checkpoint(tmp_path):
         old_index = (tmp_path / "fcn.ckpt.index").read_bytes()
         save_at(sess, keeper, weights, global_step, 15, snapshot=False)
         (tmp_path / "fcn.ckpt.index").write_bytes(old_index)
-        (tmp_path / "fcn.ckpt_10.data-00000-of-00001").write_bytes(b"truncated")
+        for name in ("fcn.ckpt_prev", "fcn.ckpt_10"):  # both step 10: truncate, each its own file
+            data = tmp_path / f"{name}.data-00000-of-00001"
+            data.unlink()
+            data.write_bytes(b"truncated")
         (tmp_path / "fcn.ckpt.data-00000-of-00001.tempstate123").write_bytes(b"half")
         skipped = []
-        restored = keeper.restore_newest(sess, on_skip=lambda path, why: skipped.append(path))
-        assert restored == str(tmp_path / "fcn.ckpt_5")
-        assert skipped == [str(tmp_path / "fcn.ckpt"), str(tmp_path / "fcn.ckpt_10")]
+        found = restore_newest(sess, keeper, tmp_path, skipped)
+        assert list(tmp_path.glob("*tempstate*")), "looking for a checkpoint deletes nothing"
+        checkpoints.remove_unfinished_saves(str(tmp_path))
+        assert found == checkpoints.Checkpoint(str(tmp_path / "fcn.ckpt_5"), 5)
+        assert skipped == [str(tmp_path / name) for name in ("fcn.ckpt", "fcn.ckpt_prev",
+                                                             "fcn.ckpt_10")]
         assert sess.run(global_step) == 5
         np.testing.assert_array_equal(sess.run(weights), np.full(1000, 5.0))
     assert not list(tmp_path.glob("*tempstate*"))
+
+
+def test_a_kill_inside_a_save_loses_only_the_steps_since_the_previous_save(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        save_at(sess, keeper, weights, global_step, 5, snapshot=True)
+        for step in (10, 15):  # plain saves: no snapshot to fall back on
+            save_at(sess, keeper, weights, global_step, step, snapshot=False)
+        assert checkpoints.checkpoint_candidates(str(tmp_path)) == [
+            str(tmp_path / name) for name in ("fcn.ckpt", "fcn.ckpt_prev", "fcn.ckpt_5")]
+        # The save of step 20 killed between its renames: new data, old (step 15) index.
+        old_index = (tmp_path / "fcn.ckpt.index").read_bytes()
+        save_at(sess, keeper, weights, global_step, 20, snapshot=False)
+        (tmp_path / "fcn.ckpt.index").write_bytes(old_index)
+        skipped = []
+        found = restore_newest(sess, keeper, tmp_path, skipped)
+        assert skipped == [str(tmp_path / "fcn.ckpt")]
+        assert found.step == 15 and sess.run(global_step) == 15
+        np.testing.assert_array_equal(sess.run(weights), np.full(1000, 15.0))
 
 
 def test_resume_with_only_damaged_checkpoints_is_a_user_error(tmp_path):
@@ -268,7 +329,19 @@ def test_resume_with_only_damaged_checkpoints_is_a_user_error(tmp_path):
         for data in tmp_path.glob("*.data-*"):
             data.write_bytes(b"")
         with pytest.raises(SegMentorError, match="none of the 2 checkpoints"):
-            keeper.restore_newest(sess)
+            checkpoints.newest_intact(str(tmp_path))
+
+
+def test_restoring_a_checkpoint_of_another_network_is_a_user_error(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        save_at(sess, keeper, weights, global_step, 5, snapshot=False)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        tf.get_variable("other", initializer=np.zeros(3, np.float32))
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        with pytest.raises(SegMentorError, match="different network"):
+            restore_newest(sess, keeper, tmp_path)
 
 
 def test_all_finite_spots_nan_and_inf_in_any_float_variable():
@@ -281,3 +354,52 @@ def test_all_finite_spots_nan_and_inf_in_any_float_variable():
         for bad in (np.nan, np.inf):
             sess.run(tf.assign(weights, [1.0, bad]))
             assert not sess.run(finite)
+
+
+# --- batch-norm decay, step plan, end of a run (utils/training.py, utils/training_loop.py) ----
+
+def test_batch_norm_decay_is_the_default_for_nets_with_batch_norm_only():
+    assert training.batch_norm_decay_for("mobilenet_v1") == training.DEFAULT_BATCH_NORM_DECAY
+    assert training.batch_norm_decay_for("mobilenet_v1", 0.99) == 0.99
+    assert training.batch_norm_decay_for("vgg_16") is None
+
+
+def plan_settings(**changes):
+    settings = dict(batch_size=4, epochs=3, lr_schedule=None, decaylr=True, log_every=1,
+                    val_every=None, save_every=None, snapshot_every=None, dataset="toy")
+    return SimpleNamespace(**{**settings, **changes})
+
+
+def test_the_step_plan_round_trips_through_runargs():
+    plan = training_loop.make_plan(plan_settings(), num_train_images=10)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.lr_drop_steps) == (3, 9, (3, 6))
+    assert (plan.val_every, plan.save_every, plan.snapshot_every) == (3, 3, 1)
+    saved = json.loads(json.dumps(plan.as_runargs()))  # as runargs holds it
+    assert training_loop.resumed_plan(SimpleNamespace(**saved, dataset="toy"), 10, "run") == plan
+
+
+def test_resuming_on_a_training_set_of_another_size_is_a_user_error():
+    saved = training_loop.make_plan(plan_settings(), num_train_images=10).as_runargs()
+    with pytest.raises(SegMentorError, match="now has 12 training images.*planned for 10"):
+        training_loop.resumed_plan(SimpleNamespace(**saved, dataset="toy"), 12, "run")
+
+
+def test_out_of_memory_is_one_line_saying_what_to_lower():
+    with pytest.raises(SegMentorError, match="out of memory with --batch_size 16; lower "
+                                             "--batch_size or --pixels"):
+        with training_loop.out_of_memory_errors(16):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+
+@pytest.mark.parametrize("step, expected_event", [(10, "done"), (7, "stop")])
+def test_a_stop_signal_during_the_last_step_still_ends_the_run_as_done(tmp_path, capsys, step,
+                                                                        expected_event):
+    with run_folder.RunLog(tmp_path) as log:
+        if expected_event == "stop":
+            with pytest.raises(SystemExit) as exit_info:
+                training_loop.finish(str(tmp_path), log, step, 10, "SIGTERM", secs=5)
+            assert exit_info.value.code == 128 + signal.SIGTERM
+        else:
+            training_loop.finish(str(tmp_path), log, step, 10, "SIGTERM", secs=5)
+    (line,) = run_folder.parse_runlog(tmp_path / run_folder.RUNLOG_FILE)
+    assert line["event"] == expected_event and line["step"] == step

@@ -17,6 +17,7 @@ import re
 import shlex
 
 from utils.errors import SegMentorError
+from utils.files import write_text_atomic
 
 # tmp/ in the repository root (its contents are ignored by git).
 RUNS_DIR = str(pathlib.Path(__file__).resolve().parents[1] / "tmp")
@@ -33,21 +34,26 @@ def create_run_dir(root, basenet, date=None):
 
     `os.mkdir` either creates the folder or fails because it exists, so two
     runs started at the same moment can never claim the same N: the loser
-    just tries the next number.
+    just tries the next number. An unusable `root` is a SegMentorError naming
+    --runs_dir.
     """
     date = date or datetime.date.today()
     prefix = f"{date:%Y%m%d}_{basenet}__"
-    os.makedirs(root, exist_ok=True)
-    taken = [int(match["number"]) for match in map(RUN_NAME_PATTERN.match, os.listdir(root))
-             if match and f"{match['date']}_{match['basenet']}__" == prefix]
-    number = max(taken, default=FIRST_RUN_NUMBER - 1) + 1
-    while True:
-        path = os.path.join(root, f"{prefix}{number}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            number += 1
+    try:
+        os.makedirs(root, exist_ok=True)
+        taken = [int(match["number"]) for match in map(RUN_NAME_PATTERN.match, os.listdir(root))
+                 if match and f"{match['date']}_{match['basenet']}__" == prefix]
+        number = max(taken, default=FIRST_RUN_NUMBER - 1) + 1
+        while True:
+            path = os.path.join(root, f"{prefix}{number}")
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                number += 1
+    except OSError as err:
+        raise SegMentorError(f"cannot create a run folder in {root} ({err.strerror}); pass a "
+                             f"writable folder as --runs_dir") from None
 
 
 def is_run_dir(path):
@@ -56,13 +62,9 @@ def is_run_dir(path):
 
 
 def write_runargs(run_dir, settings):
-    """Write `settings` (a flat dict of JSON values) as sorted JSON, atomically."""
-    path = os.path.join(run_dir, RUNARGS_FILE)
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(settings, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(partial, path)
+    """Write `settings` (a dict of JSON values) as sorted JSON, atomically."""
+    write_text_atomic(os.path.join(run_dir, RUNARGS_FILE),
+                      json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
 def read_runargs(run_dir):

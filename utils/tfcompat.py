@@ -50,3 +50,11 @@ warnings.filterwarnings("ignore", message="`layer.apply` is deprecated")
 tf = tf2.compat.v1
 tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)
+
+
+def session_config():
+    """Session options every script uses: grow GPU memory as needed rather than taking
+    it all at start, so a training run and an evaluation can share one GPU."""
+    config = tf.ConfigProto()
+    config.gpu_options.allow_growth = True
+    return config

@@ -3,17 +3,19 @@
     python -m utils.train_bench --pixels 512 --batch_size 16                  # every net
     python -m utils.train_bench --nets mobilenet_v1 --datapath data          # + input pipeline
 
-For each net it times training steps (forward, backward, Adam) and inference
-(eval tower, predictions fetched) on one constant batch held in memory, so no
-input pipeline takes part, and turns them into GFLOP/s using the net's
-multiply-accumulates (`fcn_arch.network_stats`): a training step counts as 3x
-the forward pass (forward, gradients of activations, gradients of weights).
+For each net it builds fcn_train.py's own graph (`training_loop.build_graph`
+with fcn_train's defaults) and times its training step, with the fetches of
+fcn_train's loop (loss, confusion, lr), and inference (eval tower, predictions
+fetched), on one constant batch held in memory, so no input pipeline takes
+part; it turns them into GFLOP/s using the net's multiply-accumulates
+(`fcn_arch.network_stats`): a training step counts as 3x the forward pass
+(forward, gradients of activations, gradients of weights).
 The peak is a large float32 matmul timed in the same process (on GPUs with
 TF32 enabled, TensorFlow's default, it is the TF32 peak that convolutions
 also use).
 
-With CamVid records under --datapath it also times the first net's training
-step on real batches from the feeder (augmented, as in fcn_train.py) against
+With CamVid records under --datapath it also times --pipeline_net's training
+step on real batches from the feeder (augmented as fcn_train.py does) against
 the constant batch: the difference is what the input pipeline costs.
 """
 if __package__ in (None, ""):  # run as `python utils/train_bench.py`: make `utils` importable
@@ -24,12 +26,14 @@ import os
 import platform
 import sys
 import time
+import types
 
-from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time logging
+from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402
-from utils import training  # noqa: E402
+from utils import training, training_loop  # noqa: E402
 from utils.augmentation import AugmentParams  # noqa: E402
-from utils.datasets import DATASETS, DEFAULT_DATAPATH, IGNORE_LABEL, load_dataset  # noqa: E402
+from utils.cli import add_gpu_flag, bounded, select_gpu  # noqa: E402
+from utils.datasets import DATASETS, DEFAULT_DATAPATH, load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
 
@@ -43,7 +47,7 @@ WARMUP_STEPS = 3                  # graph optimisation, autotuning, prefetch buf
 MATMUL_SIZE = 4096                # big enough to reach the peak on CPUs and GPUs alike
 MIN_PEAK_SECS = 2.0               # time the matmul at least this long
 LEARNRATE = 1e-4                  # small: steps must not diverge during the timing
-ADAM_BETA1, ADAM_EPSILON = 0.9, 1e-8  # fcn_train.py's defaults (they do not change the cost)
+positive_int = bounded(int, low=0, low_inclusive=False)
 
 
 def machine_description():
@@ -78,7 +82,7 @@ def matmul_peak_gflops(size=MATMUL_SIZE):
         b = tf.Variable(tf.random.uniform([size, size]), trainable=False)
         # Reducing on the device keeps the result transfer out of the timing.
         product = tf.reduce_sum(tf.matmul(a, b))
-        with tf.Session() as sess:
+        with tf.Session(config=session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             secs_per_run = timed_runs(sess, product, 1)
             runs = max(1, int(MIN_PEAK_SECS / secs_per_run))
@@ -96,29 +100,30 @@ def constant_batch(batch_size, pixels, num_classes, seed=0):
     return images, labels
 
 
-def train_and_predict_ops(net, images, labels, num_classes):
-    """(train op, predictions) of FCN16 over `net`: a train tower and an eval tower."""
-    options = dict(net=net, **{DECODER: True})
-    train_arch = fcn_arch.FcnArch(num_classes, is_training=True, **options)
-    eval_arch = fcn_arch.FcnArch(num_classes, is_training=False, **options)
-    with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
-        train_logits = train_arch.build_net(images)
-        eval_logits = eval_arch.build_net(images)
-    loss = training.segmentation_loss(train_logits, labels, IGNORE_LABEL)
-    pretrained_vars, new_vars = training.trainable_pretrained_and_new(train_arch)
-    train_op = training.make_train_op(loss, tf.train.get_or_create_global_step(), LEARNRATE,
-                                      "adam", ADAM_BETA1, ADAM_EPSILON, pretrained_vars, new_vars)
-    return train_op, tf.argmax(eval_logits, axis=-1, output_type=tf.int32)
+def bench_settings(net):
+    """The settings of an fcn_train.py run of `net` with FCN16 and every other default."""
+    return types.SimpleNamespace(
+        basenet=net, **fcn_arch.decoder_flags(DECODER), extended_arch="fcn",
+        trainable_upsampling=False, weight_decay=None,
+        batch_norm_decay=training.batch_norm_decay_for(net), class_weighting="none",
+        optimizer=training.DEFAULT_OPTIMIZER, learnrate=LEARNRATE,
+        momentum=training.DEFAULT_MOMENTUM, epsilon=training.DEFAULT_EPSILON, difflr=False)
 
 
-def bench_net(net, num_classes, pixels, batch_size, num_steps):
+def training_graph(net, spec, images, labels):
+    """fcn_train.py's graph of `net` (train and eval towers), on `images` and `labels`."""
+    return training_loop.build_graph(bench_settings(net), spec, images, labels, lr_drop_steps=())
+
+
+def bench_net(net, spec, pixels, batch_size, num_steps):
     """(train images/s, inference images/s) of one net on a constant batch."""
     with tf.Graph().as_default():
-        images, labels = constant_batch(batch_size, pixels, num_classes)
-        train_op, predictions = train_and_predict_ops(net, images, labels, num_classes)
-        with tf.Session() as sess:
+        images, labels = constant_batch(batch_size, pixels, spec.num_classes)
+        graph = training_graph(net, spec, images, labels)
+        predictions = tf.argmax(graph.eval_logits, axis=-1, output_type=tf.int32)
+        with tf.Session(config=session_config()) as sess:
             sess.run(tf.global_variables_initializer())
-            train_secs = timed_runs(sess, train_op, num_steps)
+            train_secs = timed_runs(sess, graph.step_fetches(), num_steps)
             infer_secs = timed_runs(sess, predictions, num_steps)
     return batch_size / train_secs, batch_size / infer_secs
 
@@ -133,11 +138,11 @@ def bench_input_pipeline(net, spec, datapath, pixels, batch_size, num_steps):
                 images, labels = feeder.images, feeder.labels
             else:
                 images, labels = constant_batch(batch_size, pixels, spec.num_classes)
-            train_op, _ = train_and_predict_ops(net, images, labels, spec.num_classes)
-            with tf.Session() as sess:
+            graph = training_graph(net, spec, images, labels)
+            with tf.Session(config=session_config()) as sess:
                 sess.run(tf.global_variables_initializer())
                 feed = {feeder.handle: feeder.train_handle(sess)} if use_feeder else None
-                step_secs.append(timed_runs(sess, train_op, num_steps, feed))
+                step_secs.append(timed_runs(sess, graph.step_fetches(), num_steps, feed))
     return tuple(step_secs)
 
 
@@ -149,11 +154,11 @@ def build_parser():
     parser.add_argument("--nets", nargs="+", choices=list(fcn_arch.FEATURE_EXTRACTORS),
                         default=list(fcn_arch.FEATURE_EXTRACTORS),
                         help="feature extractors to time (default: all)")
-    parser.add_argument("--pixels", type=int, default=512,
+    parser.add_argument("--pixels", type=positive_int, default=512,
                         help="square input side (default: %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=16,
+    parser.add_argument("--batch_size", type=positive_int, default=16,
                         help="images per step (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=20,
+    parser.add_argument("--steps", type=positive_int, default=20,
                         help=f"timed steps per measurement, after {WARMUP_STEPS} warm-up ones "
                              f"(default: %(default)s)")
     parser.add_argument("--datapath", default=DEFAULT_DATAPATH,
@@ -162,13 +167,14 @@ def build_parser():
     parser.add_argument("--pipeline_net", choices=list(fcn_arch.FEATURE_EXTRACTORS),
                         default="mobilenet_v1",
                         help="net of the input-pipeline comparison (default: %(default)s)")
+    add_gpu_flag(parser)
     return parser
 
 
 def main(args):
-    if min(args.pixels, args.batch_size, args.steps) < 1:
-        raise SegMentorError("--pixels, --batch_size and --steps must be >= 1")
-    num_classes = DATASETS[BENCH_DATASET].num_classes
+    select_gpu(args.gpu)
+    spec = DATASETS[BENCH_DATASET]  # its classes size the score layers
+    num_classes = spec.num_classes
     peak = matmul_peak_gflops()
     print(f"machine: {machine_description()}; TensorFlow {tf.version.VERSION}")
     print(f"float32 matmul peak ({MATMUL_SIZE}^2): {peak:.0f} GFLOP/s")
@@ -180,8 +186,7 @@ def main(args):
     for net in args.nets:
         _, macs = fcn_arch.network_stats(net, DECODER, num_classes, args.pixels)
         forward_gflop = FLOPS_PER_MAC * macs / 1e9
-        train_rate, infer_rate = bench_net(net, num_classes, args.pixels, args.batch_size,
-                                           args.steps)
+        train_rate, infer_rate = bench_net(net, spec, args.pixels, args.batch_size, args.steps)
         train_gflops = train_rate * TRAIN_FLOPS_PER_FORWARD * forward_gflop
         infer_gflops = infer_rate * forward_gflop
         print(f"{net:<14}{forward_gflop:>10.2f}{train_rate:>13.1f}{train_gflops:>15.0f}"
@@ -189,11 +194,12 @@ def main(args):
               f"{100 * infer_gflops / peak:>7.0f}%", flush=True)
 
     try:
-        spec = load_dataset(BENCH_DATASET, args.datapath)
+        records_spec = load_dataset(BENCH_DATASET, args.datapath)
     except SegMentorError as err:
         print(f"input pipeline: skipped ({err})")
         return
-    feeder_secs, constant_secs = bench_input_pipeline(args.pipeline_net, spec, args.datapath,
+    feeder_secs, constant_secs = bench_input_pipeline(args.pipeline_net, records_spec,
+                                                      args.datapath,
                                                       args.pixels, args.batch_size, args.steps)
     print(f"input pipeline ({BENCH_DATASET}, {args.pipeline_net}): training step "
           f"{feeder_secs:.3f} s on real batches vs {constant_secs:.3f} s on a constant batch: "

@@ -9,14 +9,16 @@
 Everything that changes over training is a function of `global_step` inside
 the graph, so a resumed run picks up exactly where the checkpoint left off.
 Run-folder files live in `utils/run_folder.py`, checkpoints in
-`utils/checkpoints.py`.
+`utils/checkpoints.py`, the graph and loop built from these pieces in
+`utils/training_loop.py`.
 """
 import signal
 
 import numpy as np
 
-from utils.errors import SegMentorError
-from utils.tfcompat import tf
+from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time logging
+from fcn_arch import get_feature_extractor  # noqa: E402
+from utils.errors import SegMentorError  # noqa: E402
 
 
 # --- Loss -----------------------------------------------------------------------
@@ -56,11 +58,20 @@ def batch_confusion(logits, labels, num_classes, ignore_label):
     Counted in the graph so a step fetches C*C numbers instead of two
     [B, H, W] maps; the scores are computed from it by
     `utils.inference.segmentation_metrics`, the one home of the mIoU maths.
+    One bincount over the pair index truth * C + prediction, with ignored
+    pixels sent to an extra last bin, avoids boolean_mask's gather of a
+    dynamic-size copy at every step. Labels must lie in 0..C-1 or be
+    `ignore_label` (the feeder checks each record's).
     """
-    valid = tf.not_equal(labels, ignore_label)
-    predictions = tf.boolean_mask(tf.argmax(logits, axis=-1, output_type=labels.dtype), valid)
-    return tf.math.confusion_matrix(tf.boolean_mask(labels, valid), predictions,
-                                    num_classes=num_classes, dtype=tf.int64)
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    labels = tf.cast(labels, tf.int32)
+    num_pairs = num_classes * num_classes
+    pair_index = tf.where(tf.not_equal(labels, ignore_label),
+                          labels * num_classes + predictions,
+                          tf.fill(tf.shape(labels), num_pairs))
+    counts = tf.math.bincount(tf.reshape(pair_index, [-1]), minlength=num_pairs + 1,
+                              maxlength=num_pairs + 1, dtype=tf.int64)
+    return tf.reshape(counts[:num_pairs], [num_classes, num_classes])
 
 
 # --- Class weights (from the dataset's train pixel frequencies) ------------------
@@ -151,12 +162,33 @@ def learning_rate(base_lr, global_step, drop_steps):
 
 # --- Optimizers ----------------------------------------------------------------------
 
+DEFAULT_OPTIMIZER = "adam"
+DEFAULT_MOMENTUM = 0.9   # Adam's beta1 (TF's default); SGD's momentum
+DEFAULT_EPSILON = 1e-8   # Adam's epsilon (TF's default)
+
 OPTIMIZERS = {
     "adam": lambda lr, momentum, epsilon: tf.train.AdamOptimizer(
         lr, beta1=momentum, epsilon=epsilon),
     # Plain SGD with momentum, as in the FCN paper; epsilon is Adam's alone.
     "momentum": lambda lr, momentum, epsilon: tf.train.MomentumOptimizer(lr, momentum),
 }
+
+# Batch-norm moving averages keep decay**t of their start value after t steps, and the
+# moving variance starts at 1. At slim's 0.997-0.9997 the eval tower normalises with
+# (nearly) that start value for thousands of steps: from scratch, depthwise layers have
+# variances near 0.02, so validation scores garbage until then; fine-tuning on a new domain
+# runs too few steps to forget ImageNet's statistics. 0.9 (PyTorch's default momentum 0.1)
+# forgets within ~50 steps and still averages over ~10 batches.
+DEFAULT_BATCH_NORM_DECAY = 0.9
+
+
+def batch_norm_decay_for(net, requested=None):
+    """The batch-norm decay a run of `net` trains with: `requested`, else
+    DEFAULT_BATCH_NORM_DECAY, and None for a net without batch norm (vgg_16)."""
+    if requested is not None:
+        return requested  # for a net without batch norm, fcn_arch refuses it in one line
+    return DEFAULT_BATCH_NORM_DECAY if get_feature_extractor(net).has_batch_norm else None
+
 
 # --difflr: how much faster the new decoder layers learn than the pretrained encoder.
 DIFFLR_FACTOR = 10.0

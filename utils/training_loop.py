@@ -1,0 +1,371 @@
+"""A training run step by step: its step plan, its graph, validation, logging and the loop.
+
+    plan = make_plan(settings, num_train_images)    # StepPlan, saved in runargs
+    graph = build_graph(settings, spec, images, labels, plan.lr_drop_steps)
+    init = initialise(sess, keeper, resume_from, restore_pretrained)
+    loop = TrainingLoop(sess, graph, feeder, spec, plan, keeper, log, events)
+    loop.log_start('start', init, run_dir); signal_name = loop.run()
+    finish(run_dir, log, loop.step, plan.total_steps, signal_name, secs)
+
+`settings` is a run's resolved settings with attribute access (the keys of its
+runargs: basenet, learnrate, optimizer, ...), passed in by fcn_train.py; nothing
+here parses or reads flags. utils/train_bench.py times this same graph and the
+same per-step fetches.
+"""
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time logging
+import fcn_arch  # noqa: E402
+from utils import training  # noqa: E402
+from utils.datasets import IGNORE_LABEL  # noqa: E402
+from utils.errors import SegMentorError  # noqa: E402
+from utils.inference import segmentation_metrics  # noqa: E402
+from utils.run_folder import RUNLOG_FILE, parse_runlog  # noqa: E402
+from utils.visualization import colorize_labels_tf  # noqa: E402
+
+# Snapshots by default: this many over the run, so disk use is bounded whatever the length.
+DEFAULT_SNAPSHOTS_PER_RUN = 10
+IMAGE_SUMMARY_COUNT = 3  # validation images shown in TensorBoard
+
+
+# --- The step plan -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """Step counts of a run. Fixed when the run starts and saved in its runargs
+    (under these names), so a resumed run keeps its length and lr schedule."""
+    train_images: int           # training images the plan was made for
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    lr_drop_steps: tuple        # global steps from which the learning rate is lower
+    log_every: int
+    val_every: int
+    save_every: int
+    snapshot_every: int
+
+    def as_runargs(self):
+        return dict(dataclasses.asdict(self), lr_drop_steps=list(self.lr_drop_steps))
+
+
+PLAN_KEYS = tuple(field.name for field in dataclasses.fields(StepPlan))
+
+
+def _lr_schedule_name(settings):
+    return "epochs" if settings.lr_schedule else "thirds" if settings.decaylr else "constant"
+
+
+def make_plan(settings, num_train_images):
+    """The StepPlan of a new run: from its settings and the training set's size."""
+    steps_per_epoch = math.ceil(num_train_images / settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    return StepPlan(
+        train_images=num_train_images,
+        batch_size=settings.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        lr_drop_steps=tuple(training.lr_drop_steps(_lr_schedule_name(settings), total_steps,
+                                                   steps_per_epoch, settings.lr_schedule or ())),
+        log_every=settings.log_every,
+        val_every=settings.val_every or steps_per_epoch,
+        save_every=settings.save_every or steps_per_epoch,
+        snapshot_every=settings.snapshot_every
+        or max(1, math.ceil(total_steps / DEFAULT_SNAPSHOTS_PER_RUN)))
+
+
+def resumed_plan(settings, num_train_images, run_dir):
+    """The StepPlan saved with a resumed run; SegMentorError if its training set changed size
+    (the data stream, epochs and schedule would no longer match the run's first part)."""
+    plan = StepPlan(**{key: getattr(settings, key) for key in PLAN_KEYS})
+    plan = dataclasses.replace(plan, lr_drop_steps=tuple(plan.lr_drop_steps))
+    if num_train_images != plan.train_images:
+        raise SegMentorError(
+            f"dataset {settings.dataset} now has {num_train_images} training images, but "
+            f"{run_dir} was planned for {plan.train_images}; resume with the records it "
+            f"trained on (--datapath), or start a new run")
+    return plan
+
+
+# --- The graph ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TrainGraph:
+    """The tensors of the training graph: a train tower and an eval tower sharing variables."""
+    train_arch: fcn_arch.BaseFcnArch
+    global_step: tf.Variable
+    lr: tf.Tensor                 # the rate of the step that starts at `global_step`
+    loss: tf.Tensor               # mean cross-entropy per valid pixel of the train batch
+    train_op: tf.Tensor           # one step; evaluates to the new global step
+    train_confusion: tf.Tensor    # int64 [C, C] of the train batch
+    eval_logits: tf.Tensor        # [B, H, W, C], eval tower
+    weights_finite: tf.Tensor
+    val_loss_sum: tf.Tensor
+    val_pixels: tf.Tensor
+    val_confusion: tf.Tensor
+    images_summary: tf.Tensor
+
+    def step_fetches(self):
+        """What one training step fetches. `lr` comes from the same run as the step,
+        so it is the rate that step used."""
+        return dict(step=self.train_op, loss=self.loss, confusion=self.train_confusion,
+                    lr=self.lr)
+
+
+def build_graph(settings, spec, images, labels, lr_drop_steps):
+    """Train tower, eval tower (shared variables), loss, lr schedule and train op.
+
+    images float32 [B, P, P, 3] RGB 0..255, labels int32 [B, P, P] (IGNORE_LABEL
+    where unknown), e.g. a Feeder's.
+    """
+    runargs = vars(settings)
+    train_arch = fcn_arch.arch_from_runargs(runargs, spec.num_classes, is_training=True)
+    eval_arch = fcn_arch.arch_from_runargs(runargs, spec.num_classes, is_training=False)
+    with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+        train_logits = train_arch.build_net(images)
+        eval_logits = eval_arch.build_net(images)
+
+    weights = training.class_weights(settings.class_weighting, spec)
+    loss = training.segmentation_loss(train_logits, labels, IGNORE_LABEL, weights)
+    global_step = tf.train.get_or_create_global_step()
+    lr = training.learning_rate(settings.learnrate, global_step, list(lr_drop_steps))
+    objective = loss + tf.losses.get_regularization_loss()
+    train_op = training.make_train_op(objective, global_step, lr, settings.optimizer,
+                                      settings.momentum, settings.epsilon,
+                                      *training.trainable_pretrained_and_new(train_arch),
+                                      difflr=settings.difflr)
+
+    val_loss_sum, val_pixels = training.pixel_cross_entropy(eval_logits, labels, IGNORE_LABEL,
+                                                            weights)
+    colorize = lambda classes: colorize_labels_tf(classes, spec.colors, IGNORE_LABEL)  # noqa: E731
+    images_summary = tf.summary.merge([
+        tf.summary.image("val/input", tf.cast(images, tf.uint8), IMAGE_SUMMARY_COUNT),
+        tf.summary.image("val/prediction", colorize(tf.argmax(eval_logits, axis=-1)),
+                         IMAGE_SUMMARY_COUNT),
+        tf.summary.image("val/ground_truth", colorize(labels), IMAGE_SUMMARY_COUNT)])
+    return TrainGraph(
+        train_arch=train_arch, global_step=global_step, lr=lr, loss=loss, train_op=train_op,
+        train_confusion=training.batch_confusion(train_logits, labels, spec.num_classes,
+                                                 IGNORE_LABEL),
+        eval_logits=eval_logits, weights_finite=training.all_finite(tf.global_variables()),
+        val_loss_sum=val_loss_sum, val_pixels=val_pixels,
+        val_confusion=training.batch_confusion(eval_logits, labels, spec.num_classes,
+                                               IGNORE_LABEL),
+        images_summary=images_summary)
+
+
+# --- Initialisation ----------------------------------------------------------------------
+
+def pretrained_restorer(arch, modelspath):
+    """restore(sess) of the encoder's ImageNet checkpoint in `modelspath`; SegMentorError
+    now, naming the file, when it is missing."""
+    checkpoint_file = fcn_arch.FEATURE_EXTRACTORS[arch.net].checkpoint_file
+    return fcn_arch.make_pretrained_restorer(arch, os.path.join(modelspath, checkpoint_file))
+
+
+def initialise(sess, keeper, resume_from, restore_pretrained):
+    """Set every variable: from the run's checkpoint `resume_from`, else with
+    `restore_pretrained` (ImageNet), else random. Returns which, for the runlog."""
+    sess.run(tf.global_variables_initializer())
+    if resume_from:
+        keeper.restore(sess, resume_from.prefix)
+        return resume_from.prefix
+    if restore_pretrained:
+        restore_pretrained(sess)
+        return "imagenet"
+    return "scratch"
+
+
+# --- Errors a user can fix ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def out_of_memory_errors(batch_size):
+    """An out-of-memory error inside `sess.run` as one SegMentorError line saying what to lower."""
+    try:
+        yield
+    except tf.errors.ResourceExhaustedError:
+        raise SegMentorError(f"out of memory with --batch_size {batch_size}; lower "
+                             f"--batch_size or --pixels") from None
+
+
+# --- Validation and logging ----------------------------------------------------------------
+
+def scalar_summary(**tagged_values):
+    return tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=float(value))
+                             for tag, value in tagged_values.items()])
+
+
+def validate(sess, graph, feeder, spec):
+    """(loss, mIoU, image summary) over one pass of the validation subset."""
+    feeder.start_validation(sess)
+    val_feed = {feeder.handle: feeder.val_handle(sess)}
+    confusion = np.zeros((spec.num_classes, spec.num_classes), np.int64)
+    loss_sum = pixels = 0.0
+    images_summary = None
+    fetches = [graph.val_loss_sum, graph.val_pixels, graph.val_confusion]
+    while True:
+        try:
+            if images_summary is None:  # the first batch also draws its pictures
+                *values, images_summary = sess.run(fetches + [graph.images_summary], val_feed)
+            else:
+                values = sess.run(fetches, val_feed)
+        except tf.errors.OutOfRangeError:
+            break
+        loss_sum += values[0]
+        pixels += values[1]
+        confusion += values[2]
+    miou = segmentation_metrics(confusion, spec.class_names)["miou"]
+    return loss_sum / max(pixels, 1.0), miou, images_summary
+
+
+class TrainWindow:
+    """Loss, confusion and step time summed since the last log line, and the last lr."""
+
+    def __init__(self, num_classes):
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self):
+        self.steps, self.loss_sum, self.secs, self.lr = 0, 0.0, 0.0, None
+        self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+    def add(self, loss, confusion, lr, secs):
+        self.steps += 1
+        self.loss_sum += loss
+        self.confusion += confusion
+        self.lr = lr
+        self.secs += secs
+
+
+def diverged(what, step, run_dir, lastsaved_step):
+    """The error of a run whose loss or weights (`what`) stopped being finite at `step`."""
+    saved = (f"the last checkpoint ({run_dir}/fcn.ckpt, step {lastsaved_step}) is kept"
+             if lastsaved_step is not None else "no checkpoint had been saved")
+    return SegMentorError(f"{what} at step {step}: training diverged and stopped without "
+                          f"saving; {saved}; try a lower --learnrate")
+
+
+# --- The loop ------------------------------------------------------------------------------
+
+class TrainingLoop:
+    """Steps until the planned step or a stop signal; logs, validates and saves on the way."""
+
+    def __init__(self, sess, graph, feeder, spec, plan, keeper, log, events):
+        self.sess, self.graph, self.feeder, self.spec, self.plan = sess, graph, feeder, spec, plan
+        self.keeper, self.log, self.events = keeper, log, events
+        self.step = int(sess.run(graph.global_step))
+        self.lastsaved_step = self.step or None  # a resumed run starts from a saved step
+        self.window = TrainWindow(spec.num_classes)
+        self.bar = None
+
+    def log_start(self, event, init, run_dir):
+        """The runlog's 'start' or 'resume' line; TensorBoard's session start."""
+        # START at the resumed step: TensorBoard drops what a killed run logged after it.
+        self.events.add_session_log(tf.SessionLog(status=tf.SessionLog.START), self.step)
+        tqdm.write(self.log.event(
+            event, step=self.step, total_steps=self.plan.total_steps,
+            steps_per_epoch=self.plan.steps_per_epoch, train_images=self.plan.train_images,
+            val_images=self.feeder.num_val_images, init=init, run=run_dir))
+
+    def run(self):
+        """Train; returns the name of the signal that stopped it, or None when done.
+
+        Any error also ends the runlog with an 'error' line.
+        """
+        try:
+            with out_of_memory_errors(self.plan.batch_size):
+                return self._steps()
+        except BaseException as err:  # a second Ctrl-C too: the runlog says how it ended
+            self.log.event("error", step=self.step, message=str(err) or type(err).__name__)
+            raise
+
+    def _steps(self):
+        plan, fetches = self.plan, self.graph.step_fetches()
+        train_feed = {self.feeder.handle: self.feeder.train_handle(self.sess)}
+        with training.StopRequests() as stop, self.feeder.records_errors(), \
+                tqdm(total=plan.total_steps, initial=self.step, unit="step",
+                     dynamic_ncols=True) as self.bar:
+            while self.step < plan.total_steps and not stop.signal_name:
+                started = time.perf_counter()
+                result = self.sess.run(fetches, train_feed)
+                self.step = int(result["step"])
+                if not math.isfinite(result["loss"]):
+                    raise diverged(f"the loss became {result['loss']}", self.step,
+                                   self.keeper.run_dir, self.lastsaved_step)
+                self.window.add(result["loss"], result["confusion"], result["lr"],
+                                time.perf_counter() - started)
+                self.bar.update()
+                last_step = self.step == plan.total_steps
+                if self.step % plan.log_every == 0 or last_step:
+                    self.log_training()
+                if self.step % plan.val_every == 0 or last_step:
+                    self.validate()
+                snapshot = self.step % plan.snapshot_every == 0 or last_step
+                if snapshot or self.step % plan.save_every == 0 or stop.signal_name:
+                    self.save(snapshot)
+        return stop.signal_name
+
+    def log_training(self):
+        window = self.window
+        values = dict(step=self.step, epoch=self.step / self.plan.steps_per_epoch,
+                      loss=window.loss_sum / window.steps, lr=window.lr,
+                      train_miou=segmentation_metrics(window.confusion,
+                                                      self.spec.class_names)["miou"],
+                      img_s=window.steps * self.plan.batch_size / window.secs)
+        tqdm.write(self.log.write(**values))
+        self.bar.set_postfix(loss=f"{values['loss']:.3f}")
+        self.events.add_summary(scalar_summary(**{
+            "train/loss": values["loss"], "train/lr": values["lr"],
+            "train/miou": values["train_miou"], "train/images_per_sec": values["img_s"]}),
+            self.step)
+        self.events.flush()
+        window.reset()
+
+    def validate(self):
+        val_loss, val_miou, images = validate(self.sess, self.graph, self.feeder, self.spec)
+        tqdm.write(self.log.write(step=self.step, val_loss=val_loss, val_miou=val_miou))
+        self.events.add_summary(scalar_summary(**{"val/loss": val_loss, "val/miou": val_miou}),
+                                self.step)
+        self.events.add_summary(images, self.step)
+        self.events.flush()
+
+    def save(self, snapshot):
+        if not self.sess.run(self.graph.weights_finite):
+            raise diverged("the weights became NaN or Inf", self.step, self.keeper.run_dir,
+                           self.lastsaved_step)
+        self.keeper.save(self.sess, self.step, snapshot=snapshot)
+        self.lastsaved_step = self.step
+
+
+# --- The end -------------------------------------------------------------------------------
+
+def summary_line(run_dir, step, secs):
+    val_lines = [line for line in parse_runlog(os.path.join(run_dir, RUNLOG_FILE))
+                 if "val_miou" in line and math.isfinite(line["val_miou"])]
+    if not val_lines:
+        return f"finished {run_dir} at step {step} in {secs / 60:.1f} min"
+    best = max(val_lines, key=lambda line: line["val_miou"])
+    return (f"finished {run_dir} at step {step} in {secs / 60:.1f} min: val mIoU "
+            f"{val_lines[-1]['val_miou']:.3f} (best {best['val_miou']:.3f} at step {best['step']})")
+
+
+def finish(run_dir, log, step, total_steps, signal_name, secs):
+    """The closing runlog line and console line; a stop signal before the last step
+    also sets the exit status (one during the last step changes nothing: the run is done)."""
+    if signal_name and step < total_steps:
+        log.event("stop", step=step, reason=signal_name)
+        print(f"stopped by {signal_name} at step {step} and saved; continue with "
+              f"--resume {run_dir}", file=sys.stderr)
+        # The exit status of a process ended by that signal: a calling script sees the
+        # training did not finish.
+        raise SystemExit(128 + signal.Signals[signal_name])
+    log.event("done", step=step, secs=round(secs))
+    print(summary_line(run_dir, step, secs))
