@@ -4,7 +4,8 @@
     python fcn_test.py --traindir tmp/... --afteriter 3000 --save_predictions
     python fcn_test.py --traindir tmp/... --imagepath photos/ --moviepath street.mp4
 
-The network is rebuilt from the run's `runargs`. Scores come from one confusion
+The network is rebuilt from the run's `runargs`, and its dataset is read from
+the run's datapath (or --datapath, when the data has moved). Scores come from one confusion
 matrix summed over every image of the split at its source resolution, with a
 95% bootstrap interval of mIoU over images; everything lands in --outdir
 (default <traindir>/test_<split>_<step>): metrics.json, confusion.csv,
@@ -13,6 +14,7 @@ segments those instead of a split.
 """
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -21,47 +23,65 @@ import time
 
 from tqdm import tqdm
 
+from utils.cli import add_gpu_flag, bounded, select_gpu
 from utils.datasets import IGNORE_LABEL, SPLIT_FILES
-from utils.errors import run_main
+from utils.errors import SegMentorError, first_line, run_main
+from utils.files import write_text_atomic
+from utils.inference import CONFIDENCE_LEVEL
 from utils.prediction import PIXELS_AS_TRAINED, Segmenter, TrainedRun, score_split
 from utils.visualization import (VideoReader, VideoWriter, colorize, confusion_heatmap_figure,
                                  image_files, overlay, read_rgb, save_figure, save_png,
                                  side_by_side_figure)
 
-BOOTSTRAP_RESAMPLES = 1000   # enough for a stable 2.5% / 97.5% quantile
-CONFIDENCE_LEVEL = 0.95
-BOOTSTRAP_SEED = 0           # same run, same split -> same interval
+# Flags that only mean something when a split is scored.
+SPLIT_ONLY_FLAGS = ("split", "batch_size", "first2viz", "last2viz")
 
 
-def _count(minimum):
-    """argparse type: an int >= minimum."""
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = f"int >= {minimum}"
-    return parse
+class TestArgumentParser(argparse.ArgumentParser):
+    """Adds the checks between flags: a combination that cannot work fails at once."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        _check_flag_combinations(self, parsed)
+        return parsed
+
+
+def _check_flag_combinations(parser, args):
+    if args.first2viz > args.last2viz:
+        parser.error(f"--first2viz {args.first2viz} is after --last2viz {args.last2viz}: "
+                     f"images first2viz .. last2viz-1 are drawn")
+    if args.imagepath or args.moviepath:
+        given = [name for name in SPLIT_ONLY_FLAGS if getattr(args, name) != parser.get_default(name)]
+        if given:
+            parser.error(f"--{', --'.join(given)} only appl{'ies' if len(given) == 1 else 'y'} "
+                         f"when scoring a split, not with --imagepath/--moviepath")
+        if args.save_predictions and not args.imagepath:
+            parser.error("--save_predictions writes class-id PNGs of a split or of --imagepath "
+                         "images, not of a --moviepath video")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = TestArgumentParser(
         prog="fcn_test.py",
         description="Score a trained run on a dataset split (mIoU with a 95% bootstrap "
                     "interval, per-class IoU, confusion matrix, pictures), or segment "
                     "images and videos with it.")
     parser.add_argument("--traindir", required=True,
                         help="run folder made by fcn_train.py (e.g. tmp/20240131_mobilenet_v1__1)")
-    parser.add_argument("--afteriter", type=int, default=None,
-                        help="use snapshot fcn.ckpt_<N> (default: the latest checkpoint)")
+    parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
+                        help="use snapshot fcn.ckpt_<N> (default: the newest intact checkpoint)")
     parser.add_argument("--split", choices=sorted(SPLIT_FILES), default="val",
                         help="split to score (default: %(default)s)")
-    parser.add_argument("--pixels", type=int, default=PIXELS_AS_TRAINED,
+    parser.add_argument("--datapath", default=None,
+                        help="root of the converted datasets (default: the run's own, from its "
+                             "runargs); for data that moved since training")
+    parser.add_argument("--pixels", type=bounded(int, low=PIXELS_AS_TRAINED),
+                        default=PIXELS_AS_TRAINED,
                         help="network input size: -1 as in training (default), 0 each image "
                              "at its native size, >0 larger side scaled to it")
-    parser.add_argument("--first2viz", type=_count(0), default=0,
+    parser.add_argument("--first2viz", type=bounded(int, low=0), default=0,
                         help="first image index drawn as image | prediction | truth (default: 0)")
-    parser.add_argument("--last2viz", type=_count(0), default=4,
+    parser.add_argument("--last2viz", type=bounded(int, low=0), default=4,
                         help="draw images first2viz .. last2viz-1 (default: 4; 0 draws none)")
     parser.add_argument("--imagepath", default=None,
                         help="segment this image, or every image of this folder, instead of a split")
@@ -72,16 +92,28 @@ def build_parser():
     parser.add_argument("--save_predictions", action="store_true",
                         help="write each prediction as a single-channel PNG of class ids at the "
                              "image's source size into <outdir>/predictions/")
-    parser.add_argument("--batch_size", type=_count(1), default=1,
+    parser.add_argument("--batch_size", type=bounded(int, low=1), default=1,
                         help="images per network run when scoring a split (default: 1)")
-    parser.add_argument("-g", "--gpu", type=int, default=None, metavar="INDEX",
-                        help="GPU to run on (sets CUDA_VISIBLE_DEVICES); -1 = CPU only "
-                             "(default: TensorFlow's choice, the first GPU if any)")
+    add_gpu_flag(parser)
     return parser
 
 
 def default_outdir(traindir, source, step):
     return os.path.join(traindir, f"test_{source}_{'latest' if step is None else step}")
+
+
+def make_outdir(args, source, step):
+    """--outdir (or its default), created; SegMentorError naming the flag when it cannot be."""
+    outdir = args.outdir or default_outdir(args.traindir, source, step)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        if not os.access(outdir, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as err:
+        where = "--outdir" if args.outdir else "the default --outdir inside the run folder"
+        raise SegMentorError(f"cannot write to {outdir}, {where} ({first_line(err)}); "
+                             f"pass another --outdir") from None
+    return outdir
 
 
 # --- Scoring a split ---------------------------------------------------------------------
@@ -100,10 +132,11 @@ def evaluate_split(run, checkpoint, args, outdir):
                                          spec.class_names, IGNORE_LABEL, title=item.filename)
             save_figure(figure, os.path.join(outdir, "viz", name))
 
-    scores = score_split(run, checkpoint, args.split, args.pixels, args.batch_size, save_pictures)
+    scores = score_split(run, checkpoint, args.split, args.pixels, args.batch_size, save_pictures,
+                         image_indices=viz_indices)
     metrics = scores.metrics(spec.class_names)
     metrics.update(
-        miou_ci95=list(scores.miou_ci(BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE_LEVEL)),
+        miou_ci95=list(scores.miou_ci()),
         num_images=scores.num_images, step=checkpoint.step, split=args.split,
         checkpoint=os.path.basename(checkpoint.prefix), pixels=run.eval_pixels(args.pixels))
     write_json(metrics, os.path.join(outdir, "metrics.json"))
@@ -143,22 +176,17 @@ def _json_safe(value):
 
 
 def write_json(data, path):
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(_json_safe(data), f, indent=1)
-        f.write("\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=1) + "\n")
 
 
 def write_confusion_csv(conf, class_names, path):
     """Rows: true class, columns: predicted class, pixel counts."""
-    partial = path + ".partial"
-    with open(partial, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["truth \\ predicted", *class_names])
-        for name, row in zip(class_names, conf):
-            writer.writerow([name, *row.tolist()])
-    os.replace(partial, path)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["truth \\ predicted", *class_names])
+    for name, row in zip(class_names, conf):
+        writer.writerow([name, *row.tolist()])
+    write_text_atomic(path, text.getvalue())
 
 
 # --- Segmenting photos and videos -----------------------------------------------------------
@@ -195,26 +223,27 @@ def segment_movie(segmenter, reader, outdir):
 
 
 def main(args):
-    if args.gpu is not None:  # before the first session, which is when TF claims devices
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu) if args.gpu >= 0 else ""
-    run = TrainedRun(args.traindir)
+    select_gpu(args.gpu)  # before the first session, which is when TF claims devices
+    run = TrainedRun(args.traindir, args.datapath)
     checkpoint = run.checkpoint(args.afteriter)
     run.eval_pixels(args.pixels)  # reject a bad --pixels before any graph is built
+    run.dataset()                 # and data that cannot be found before anything is written
     if args.imagepath or args.moviepath:
         # Open every input first: a bad path fails before the network is built.
         paths = image_files(args.imagepath) if args.imagepath else []
         movie = VideoReader(args.moviepath) if args.moviepath else None
-        source = "images" if args.imagepath else "movie"
-        outdir = args.outdir or default_outdir(args.traindir, source, checkpoint.step)
-        os.makedirs(outdir, exist_ok=True)
-        with Segmenter(run, checkpoint, args.pixels) as segmenter:
-            if paths:
-                segment_images(segmenter, paths, outdir, args.save_predictions)
+        try:
+            outdir = make_outdir(args, "images" if args.imagepath else "movie", checkpoint.step)
+            with Segmenter(run, checkpoint, args.pixels) as segmenter:
+                if paths:
+                    segment_images(segmenter, paths, outdir, args.save_predictions)
+                if movie:
+                    segment_movie(segmenter, movie, outdir)
+        finally:
             if movie:
-                segment_movie(segmenter, movie, outdir)
+                movie.close()
         return
-    outdir = args.outdir or default_outdir(args.traindir, args.split, checkpoint.step)
-    os.makedirs(outdir, exist_ok=True)
+    outdir = make_outdir(args, args.split, checkpoint.step)
     metrics = evaluate_split(run, checkpoint, args, outdir)
     print_metrics(metrics)
     print(f"outputs in {outdir}")

@@ -31,7 +31,7 @@ from utils import shapes
 from utils.datasets import IGNORE_LABEL, load_dataset, write_dataset_meta
 from utils.errors import EXIT_USER_ERROR, run_main
 from utils.feeder import make_eval_dataset
-from utils.prediction import predictions_at_source_size
+from utils.prediction import SplitPredictor, TrainedRun, predictions_at_source_size
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
 
@@ -278,6 +278,16 @@ def _bad_inputs(run_dir, tmp_path):
     shutil.copy(run_dir / "runargs", no_checkpoint / "runargs")
     (tmp_path / "junk.png").write_bytes(b"not an image")
     (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    runargs = json.loads((run_dir / "runargs").read_text())
+    del runargs["basenet"]
+    (incomplete / "runargs").write_text(json.dumps(runargs))
+    (tmp_path / "a_file").write_text("")
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    (moved / "runargs").write_text(json.dumps(dict(runargs, basenet="mobilenet_v1",
+                                                   datapath=str(tmp_path / "gone"))))
     return {
         "missing traindir": (["--traindir", tmp_path / "nope"], "run folder .* not found"),
         "no runargs": (["--traindir", empty], "runargs not found"),
@@ -290,11 +300,16 @@ def _bad_inputs(run_dir, tmp_path):
                              "cannot read video .*junk.mp4"),
         "missing split": (["--traindir", run_dir, "--split", "test"],
                           "no 'test' split; choose --split from: train, val"),
+        "incomplete runargs": (["--traindir", incomplete], "runargs lacks basenet"),
+        "unwritable outdir": (["--traindir", run_dir, "--outdir", tmp_path / "a_file"],
+                              "cannot write to .*a_file, --outdir .*; pass another --outdir"),
+        "moved data": (["--traindir", moved], "unknown dataset 'tiny_odd'.* pass --datapath"),
     }
 
 
 BAD_INPUTS = ("missing traindir", "no runargs", "no checkpoint", "no such snapshot",
-              "unreadable image", "unreadable video", "missing split")
+              "unreadable image", "unreadable video", "missing split", "incomplete runargs",
+              "unwritable outdir", "moved data")
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -304,6 +319,50 @@ def test_bad_input_is_one_error_line(run_dir, tmp_path, capsys, case):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fcn_test.py: error: "), lines
     assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--first2viz", "3", "--last2viz", "1"], "--first2viz 3 is after --last2viz 1"),
+    (["--imagepath", "x.png", "--batch_size", "2", "--last2viz", "9"],
+     "--batch_size, --last2viz only apply when scoring a split"),
+    (["--moviepath", "x.mp4", "--save_predictions"], "--save_predictions .* not of a --moviepath"),
+])
+def test_flag_combinations_that_cannot_work_are_rejected(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fcn_test.build_parser().parse_args(["--traindir", "run", *argv])
+    assert exit_info.value.code == EXIT_USER_ERROR
+    assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+
+
+def test_moved_data_is_found_with_datapath(run_dir, data, tmp_path):
+    datapath, _ = data
+    moved = tmp_path / "moved_run"
+    shutil.copytree(run_dir, moved)
+    runargs = json.loads((moved / "runargs").read_text())
+    (moved / "runargs").write_text(json.dumps(dict(runargs, datapath=str(tmp_path / "gone"))))
+    assert run_fcn_test("--traindir", moved, "--datapath", datapath, "--last2viz", 0,
+                        "--outdir", tmp_path / "out") == 0
+    assert read_metrics(tmp_path / "out")["num_images"] == len(VAL_SIZES)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(run_dir, tmp_path, capsys):
+    damaged = tmp_path / "damaged_run"
+    shutil.copytree(run_dir, damaged)  # copies: the snapshots stop sharing the latest's files
+    (data_file,) = damaged.glob("fcn.ckpt.data-*")
+    data_file.write_bytes(data_file.read_bytes()[:-100])
+    assert run_fcn_test("--traindir", damaged, "--last2viz", 0, "--outdir", tmp_path / "out") == 0
+    assert re.search(r"warning: checkpoint .*fcn\.ckpt is damaged", capsys.readouterr().err)
+    assert read_metrics(tmp_path / "out")["checkpoint"] != "fcn.ckpt"
+
+
+def test_only_the_drawn_images_are_fetched(run_dir):
+    run = TrainedRun(str(run_dir))
+    with SplitPredictor(run, run.checkpoint(), "val", pixels=0, batch_size=2,
+                        image_indices={1, 2}) as split:
+        items = list(split)
+    assert [item.image is not None for item in items] == [False, True, True, False, False]
+    for item in items[1:3]:
+        assert item.image.shape == item.label.shape + (3,) and item.image.dtype == np.uint8
 
 
 def test_the_script_exits_2_with_one_line_and_no_traceback(run_dir, tmp_path):

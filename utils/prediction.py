@@ -2,9 +2,10 @@
 `runargs`, restored from one of its checkpoints, predicting class ids at each
 image's own resolution.
 
-    run = TrainedRun(traindir)                  # runargs + checkpoints checked now
-    checkpoint = run.checkpoint(afteriter)      # fcn.ckpt, or the snapshot fcn.ckpt_<afteriter>
-    scores = score_split(run, checkpoint, 'val', pixels=-1, on_image=save)  # ScoreAccumulator
+    run = TrainedRun(traindir, datapath=None)   # runargs + checkpoints checked now
+    checkpoint = run.checkpoint(afteriter)      # newest intact one, or snapshot fcn.ckpt_<afteriter>
+    scores = score_split(run, checkpoint, 'val', pixels=-1, on_image=save,
+                         image_indices=range(4))  # ScoreAccumulator
     with SplitPredictor(run, checkpoint, 'val', pixels=-1) as split:
         for item in split: ...                  # one ImagePrediction per image, file order
     with Segmenter(run, checkpoint) as segmenter:  # numpy in, numpy out (photos, video frames)
@@ -17,70 +18,85 @@ resizing scores rather than class ids keeps boundaries smooth.
 """
 import dataclasses
 import os
+import sys
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 import tensorflow as tf2  # TF2 resize (half-pixel centres), as utils.augmentation uses
 
-from fcn_arch import get_arch_class
+from fcn_arch import arch_from_runargs
 from utils import augmentation
-from utils.checkpoints import LATEST_NAME, SNAPSHOT_NAME, checkpoint_candidates, snapshot_steps
+from utils.checkpoints import (LATEST_NAME, SNAPSHOT_NAME, Checkpoint, saved_step,
+                               checkpoint_candidates, newest_intact, snapshot_steps)
 from utils.datasets import IGNORE_LABEL, load_dataset, num_records, record_path
-from utils.errors import SegMentorError
+from utils.errors import SegMentorError, first_line
 from utils.feeder import make_eval_dataset
 from utils.inference import ScoreAccumulator
-from utils.run_folder import read_runargs
+from utils.run_folder import RUNARGS_FILE, read_runargs
 from utils.tf_records import records_errors
-from utils.tfcompat import tf
+from utils.tfcompat import session_config, tf
 
 # --pixels value meaning "the size the run was trained at" (0 means native size).
 PIXELS_AS_TRAINED = -1
-# Name of the step counter variable fcn_train.py saves in every checkpoint.
-GLOBAL_STEP_NAME = "global_step"
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-    prefix: str          # path without .index / .data-*
-    step: int | None     # training step it was saved at (None if unknown)
+# runargs keys without a default: what the network and the data are (arch_from_runargs
+# defaults the decoder and the other settings).
+REQUIRED_RUNARGS = ("basenet", "dataset", "pixels")
 
 
 class TrainedRun:
     """A run folder made by fcn_train.py: its settings and its checkpoints.
 
-    Raises SegMentorError at once for a missing folder, missing or damaged
-    runargs, or a folder without any checkpoint.
+    Raises SegMentorError at once for a missing folder, missing, damaged or
+    incomplete runargs, or a folder without any checkpoint. `datapath`
+    overrides the run's own (for data that moved since training).
     """
 
-    def __init__(self, traindir):
+    def __init__(self, traindir, datapath=None):
         if not os.path.isdir(traindir):
             raise SegMentorError(f"training run folder {traindir} not found; pass --traindir "
                                  f"tmp/<run> as made by fcn_train.py")
         self.traindir = traindir
         self.runargs = read_runargs(traindir)
+        missing = [key for key in REQUIRED_RUNARGS if key not in self.runargs]
+        if missing:
+            raise SegMentorError(f"{os.path.join(traindir, RUNARGS_FILE)} lacks {', '.join(missing)}; "
+                                 f"the run folder is damaged or not made by fcn_train.py")
+        self.datapath = datapath or self.runargs.get("datapath")
+        self._datapath_given = datapath is not None
+        self._spec = None
         if not checkpoint_candidates(traindir):
             raise SegMentorError(f"no checkpoint ({LATEST_NAME}*) in {traindir}: train it first "
                                  f"with fcn_train.py, or pick another run")
 
     def checkpoint(self, afteriter=None):
-        """The newest checkpoint (normally fcn.ckpt), or snapshot fcn.ckpt_<afteriter>.
+        """The newest intact checkpoint, or snapshot fcn.ckpt_<afteriter>.
 
-        SegMentorError, listing the snapshots there are, when that one is absent.
+        Without `afteriter`, a damaged newest checkpoint (a save cut short) is
+        passed over with a warning for the next one. SegMentorError, listing
+        the snapshots there are, when the requested one is absent.
         """
         if afteriter is None:
-            prefix = checkpoint_candidates(self.traindir)[0]
+            return newest_intact(self.traindir, on_skip=_warn_skipped)
         else:
             prefix = os.path.join(self.traindir, SNAPSHOT_NAME.format(step=afteriter))
             if not os.path.isfile(prefix + ".index"):
                 available = ", ".join(map(str, snapshot_steps(self.traindir))) or "none"
                 raise SegMentorError(f"no snapshot {os.path.basename(prefix)} in {self.traindir}; "
                                      f"available --afteriter values: {available}")
-        return Checkpoint(prefix, _saved_step(prefix))
+        return Checkpoint(prefix, saved_step(prefix))
 
     def dataset(self):
-        """DatasetSpec of the dataset the run was trained on."""
-        return load_dataset(self.runargs["dataset"], self.runargs.get("datapath"))
+        """DatasetSpec of the dataset the run was trained on (loaded once)."""
+        if self._spec is None:
+            try:
+                self._spec = load_dataset(self.runargs["dataset"], self.datapath)
+            except SegMentorError as err:
+                if self._datapath_given:
+                    raise
+                raise SegMentorError(f"{err} (looked in the run's datapath; if the data moved, "
+                                     f"pass --datapath)") from None
+        return self._spec
 
     def eval_pixels(self, pixels):
         """Network input size for --pixels: -1 as trained, 0 native, > 0 that size."""
@@ -92,28 +108,13 @@ class TrainedRun:
         return pixels
 
     def build_logits(self, images, num_classes):
-        """Eval tower (is_training=False) of the run's network: logits [B, H, W, C].
-
-        Weight and batch-norm decay only shape training updates, so they are not needed.
-        """
-        args = self.runargs
-        arch = get_arch_class(args.get("extended_arch", "fcn"))(
-            num_classes, is_training=False, net=args["basenet"],
-            fcn16=args.get("fcn16", False), fcn8=args.get("fcn8", False),
-            fcn4=args.get("fcn4", False),
-            trainable_upsampling=args.get("trainable_upsampling", False))
-        return arch.build_net(images)
+        """Eval tower (is_training=False) of the run's network: logits [B, H, W, C]."""
+        return arch_from_runargs(self.runargs, num_classes, is_training=False).build_net(images)
 
 
-def _saved_step(prefix):
-    """The global step stored in a checkpoint (None when it has none)."""
-    try:
-        reader = tf.train.NewCheckpointReader(prefix)
-    except Exception as err:  # TF raises several error types for unreadable files
-        raise SegMentorError(f"cannot read checkpoint {prefix}: {str(err).splitlines()[0]}") from None
-    if reader.has_tensor(GLOBAL_STEP_NAME):
-        return int(reader.get_tensor(GLOBAL_STEP_NAME))
-    return None
+def _warn_skipped(prefix, reason):
+    print(f"warning: checkpoint {prefix} is damaged ({reason}); trying an older one",
+          file=sys.stderr)
 
 
 def predictions_at_source_size(logits, valid_height, valid_width, height, width):
@@ -137,23 +138,21 @@ def predictions_at_source_size(logits, valid_height, valid_width, height, width)
                      fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
 
 
-def _restore(sess, checkpoint):
-    """Restore the model variables of the current graph (the checkpoint also holds
-    optimizer slots and the step, which evaluation does not build)."""
+def _restored_session(graph, checkpoint):
+    """A session on `graph` with its model variables restored from `checkpoint` (which
+    also holds optimizer slots and the step, which evaluation does not build)."""
     saver = tf.train.Saver(tf.global_variables())
+    sess = tf.Session(graph=graph, config=session_config())
     try:
         saver.restore(sess, checkpoint.prefix)
     except (tf.errors.OpError, ValueError) as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        raise SegMentorError(f"cannot restore {checkpoint.prefix} ({lines[0] if lines else err}); "
+        sess.close()
+        raise SegMentorError(f"cannot restore {checkpoint.prefix} ({first_line(err)}); "
                              f"is it damaged, or were runargs edited?") from None
-
-
-def session_config():
-    """Grow GPU memory as needed, so evaluation can share a GPU with training."""
-    config = tf.ConfigProto()
-    config.gpu_options.allow_growth = True
-    return config
+    except BaseException:
+        sess.close()
+        raise
+    return sess
 
 
 class _SessionOwner:
@@ -174,22 +173,26 @@ class _SessionOwner:
 class ImagePrediction:
     """One image of a split, at its source size."""
     filename: str
-    prediction: np.ndarray   # uint8 [h, w] class ids
-    label: np.ndarray        # uint8 [h, w] class ids, IGNORE_LABEL where void
-    image: np.ndarray        # uint8 [h, w, 3] RGB: what the network saw, resized to [h, w]
+    prediction: np.ndarray        # uint8 [h, w] class ids
+    label: np.ndarray             # uint8 [h, w] class ids, IGNORE_LABEL where void
+    image: np.ndarray | None      # uint8 [h, w, 3] RGB: what the network saw, resized to
+                                  # [h, w]; only for the images asked for (image_indices)
 
 
 class SplitPredictor(_SessionOwner):
     """Iterate over one split's images with their predictions (one pass, file order).
 
     A context manager owning its graph and session:
-        with SplitPredictor(run, checkpoint, 'val', pixels, batch_size) as split:
+        with SplitPredictor(run, checkpoint, 'val', pixels, batch_size, image_indices) as split:
             len(split); for item in split: ...
+
+    The picture of the network input (`item.image`) costs a fetch and a resize,
+    so only the images whose index is in `image_indices` get one.
     """
 
-    def __init__(self, run, checkpoint, split, pixels, batch_size=1):
+    def __init__(self, run, checkpoint, split, pixels, batch_size=1, image_indices=()):
         self.spec = run.dataset()
-        datapath = run.runargs.get("datapath")
+        datapath = run.datapath
         if split not in self.spec.split_files or not os.path.isfile(
                 record_path(self.spec, datapath, split)):
             have = [name for name in self.spec.split_files
@@ -198,6 +201,8 @@ class SplitPredictor(_SessionOwner):
                                  f"choose --split from: {', '.join(have) or 'none'}")
         self.num_images = num_records(self.spec, datapath, split)
         self._path = record_path(self.spec, datapath, split)
+        self._batch_size = batch_size
+        self._image_indices = image_indices  # a set or a range: membership tests only
         self.graph = tf.Graph()
         with self.graph.as_default():
             dataset = make_eval_dataset(self.spec, datapath, split, run.eval_pixels(pixels),
@@ -208,34 +213,42 @@ class SplitPredictor(_SessionOwner):
                 prediction=predictions_at_source_size(
                     logits, batch["valid_height"], batch["valid_width"],
                     batch["height"], batch["width"]),
-                label=batch["native_label"], image=batch["image"],
-                valid_height=batch["valid_height"], valid_width=batch["valid_width"],
-                height=batch["height"], width=batch["width"], filename=batch["filename"])
-            self.sess = tf.Session(graph=self.graph, config=session_config())
-            _restore(self.sess, checkpoint)
+                label=batch["native_label"], height=batch["height"], width=batch["width"],
+                filename=batch["filename"])
+            self._fetches_with_images = dict(
+                self._fetches, image=batch["image"], valid_height=batch["valid_height"],
+                valid_width=batch["valid_width"])
+            self.sess = _restored_session(self.graph, checkpoint)
 
     def __len__(self):
         return self.num_images
 
     def __iter__(self):
+        first = 0  # index of the batch's first image (batches are full but for the last)
         with records_errors(self._path):
             while True:
+                wanted = {index for index in range(first, first + self._batch_size)
+                          if index in self._image_indices}
                 try:
-                    batch = self.sess.run(self._fetches)
+                    batch = self.sess.run(self._fetches_with_images if wanted else self._fetches)
                 except tf.errors.OutOfRangeError:
                     return
-                yield from _unbatch(batch)
+                yield from _unbatch(batch, first, wanted)
+                first += len(batch["filename"])
 
 
-def _unbatch(batch):
+def _unbatch(batch, first, wanted):
     for index in range(len(batch["filename"])):
         height, width = batch["height"][index], batch["width"][index]
-        valid = batch["image"][index, :batch["valid_height"][index], :batch["valid_width"][index]]
+        image = None
+        if first + index in wanted:
+            valid = batch["image"][index, :batch["valid_height"][index], :batch["valid_width"][index]]
+            image = _resize_rgb(valid, height, width)
         yield ImagePrediction(
             filename=batch["filename"][index].decode(),
             prediction=batch["prediction"][index, :height, :width],
             label=batch["label"][index, :height, :width].astype(np.uint8),
-            image=_resize_rgb(valid, height, width))
+            image=image)
 
 
 def _resize_rgb(image, height, width):
@@ -246,13 +259,14 @@ def _resize_rgb(image, height, width):
     return np.asarray(picture)
 
 
-def score_split(run, checkpoint, split, pixels, batch_size=1, on_image=None):
+def score_split(run, checkpoint, split, pixels, batch_size=1, on_image=None, image_indices=()):
     """Predict every image of `split` and count it into one ScoreAccumulator (returned).
 
     `on_image(index, item)` sees each ImagePrediction on the way (to save
-    pictures); a tqdm bar shows progress.
+    pictures); items whose index is in `image_indices` carry the image. A tqdm
+    bar shows progress.
     """
-    with SplitPredictor(run, checkpoint, split, pixels, batch_size) as images:
+    with SplitPredictor(run, checkpoint, split, pixels, batch_size, image_indices) as images:
         scores = ScoreAccumulator(images.spec.num_classes, IGNORE_LABEL)
         for index, item in enumerate(tqdm(images, total=len(images), desc=f"scoring {split}",
                                           unit="img")):
@@ -279,16 +293,13 @@ class Segmenter(_SessionOwner):
         with self.graph.as_default():
             self._image = tf.placeholder(tf.uint8, [None, None, 3], name="image")
             source_size = tf.shape(self._image)[:2]
-            # eval_sizing sizes an (image, label) pair; a photo has no label.
-            no_label = tf.zeros(tf.concat([source_size, [1]], axis=0), tf.uint8)
-            sized, _, valid_height, valid_width = augmentation.eval_sizing(
-                self._image, no_label, run.eval_pixels(pixels))
+            sized, valid_height, valid_width = augmentation.eval_image_sizing(
+                self._image, run.eval_pixels(pixels))
             logits = run.build_logits(sized[tf.newaxis], self.spec.num_classes)
             self._prediction = predictions_at_source_size(
                 logits, valid_height[tf.newaxis], valid_width[tf.newaxis],
                 source_size[:1], source_size[1:])[0]
-            self.sess = tf.Session(graph=self.graph, config=session_config())
-            _restore(self.sess, checkpoint)
+            self.sess = _restored_session(self.graph, checkpoint)
 
     def segment(self, image):
         """uint8 RGB [h, w, 3] -> uint8 class ids [h, w]."""
