@@ -1,17 +1,17 @@
 """Feature extractors (nets/) and our batch norm: checkpoint layout, strides, reuse, numbers."""
 import dataclasses
-import pathlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from fcn_arch import FEATURE_EXTRACTORS
 from nets import inception_v1, mobilenet_v1, mobilenet_v2, resnet_v1, vgg
 from nets.batch_norm import batch_norm
 from utils.errors import SegMentorError
 from utils.tfcompat import slim, tf
+from reference_lists import feature_extractor_variables, reference_variables
 
-REFERENCE_DIR = pathlib.Path(__file__).resolve().parent / "reference"
 CLASSIFIER_SIZE = 224  # the heads of VGG and Inception pool 7x7 VALID
 HEIGHT, WIDTH = 64, 96  # small, multiples of 32, and not square so H and W cannot swap
 EPSILON = 0.001  # batch_norm's default
@@ -22,37 +22,22 @@ class NetCase:
     module: object        # its arg_scope and builder
     builder: object
     num_classes: int      # of the ImageNet checkpoint
-    head_prefix: str      # variables of the classifier head, absent in FCN mode
-    taps: dict            # output stride -> end point
     depth: int            # channels of the stride-32 features
 
 
 NETS = {
-    "vgg_16": NetCase(vgg, vgg.vgg_16, 1000, "vgg_16/fc8/",
-                      {4: "pool2", 8: "pool3", 16: "pool4"}, 4096),
-    "resnet_v1_18": NetCase(resnet_v1, resnet_v1.resnet_v1_18, 1000, "resnet_v1_18/logits/",
-                            {4: "block1/unit_2/res_block_v1", 8: "block2/unit_2/res_block_v1",
-                             16: "block3/unit_2/res_block_v1"}, 512),
-    "resnet_v1_50": NetCase(resnet_v1, resnet_v1.resnet_v1_50, 1000, "resnet_v1_50/logits/",
-                            {4: "block1/unit_2/bottleneck_v1", 8: "block2/unit_3/bottleneck_v1",
-                             16: "block3/unit_5/bottleneck_v1"}, 2048),
-    "inception_v1": NetCase(inception_v1, inception_v1.inception_v1, 1001, "InceptionV1/Logits/",
-                            {4: "Conv2d_2c_3x3", 8: "Mixed_3c", 16: "Mixed_4f"}, 1024),
-    "mobilenet_v1": NetCase(mobilenet_v1, mobilenet_v1.mobilenet_v1, 1001, "MobilenetV1/Logits/",
-                            {4: "Conv2d_3_pointwise", 8: "Conv2d_5_pointwise",
-                             16: "Conv2d_11_pointwise"}, 1024),
-    "mobilenet_v2": NetCase(mobilenet_v2, mobilenet_v2.mobilenet_v2, 1001, "MobilenetV2/Logits/",
-                            {4: "expanded_conv_2", 8: "expanded_conv_5",
-                             16: "expanded_conv_12"}, 1280),
+    "vgg_16": NetCase(vgg, vgg.vgg_16, 1000, 4096),
+    "resnet_v1_18": NetCase(resnet_v1, resnet_v1.resnet_v1_18, 1000, 512),
+    "resnet_v1_50": NetCase(resnet_v1, resnet_v1.resnet_v1_50, 1000, 2048),
+    "inception_v1": NetCase(inception_v1, inception_v1.inception_v1, 1001, 1024),
+    "mobilenet_v1": NetCase(mobilenet_v1, mobilenet_v1.mobilenet_v1, 1001, 1024),
+    "mobilenet_v2": NetCase(mobilenet_v2, mobilenet_v2.mobilenet_v2, 1001, 1280),
 }
 
 
-def reference_variables(net):
-    """{name: shape} of the official checkpoint, from tests/reference/<net>.tsv."""
-    lines = (REFERENCE_DIR / f"{net}.tsv").read_text().splitlines()
-    assert lines[0] == "name\tshape"
-    rows = (line.split("\t") for line in lines[1:] if line)
-    return {name: tuple(int(d) for d in shape.split(",")) for name, shape in rows}
+def taps(net):
+    """Output stride -> end point, as the FCN decoder taps them (fcn_arch's registry)."""
+    return FEATURE_EXTRACTORS[net].skip_end_points
 
 
 def graph_variables():
@@ -101,9 +86,7 @@ def test_classifier_variables_equal_the_checkpoint(net):
 
 
 def test_fcn_variables_equal_the_checkpoint_without_its_head(towers):
-    head_prefix = NETS[towers.net].head_prefix
-    expected = {name: shape for name, shape in reference_variables(towers.net).items()
-                if not name.startswith(head_prefix)}
+    expected = feature_extractor_variables(towers.net)
     assert {v.op.name: tuple(v.shape.as_list()) for v in towers.train_variables} == expected
 
 
@@ -113,7 +96,7 @@ def test_fcn_features_are_at_stride_32(towers):
 
 
 def test_end_point_taps_are_at_their_strides(towers):
-    for stride, name in NETS[towers.net].taps.items():
+    for stride, name in taps(towers.net).items():
         assert towers.train_points[name].shape.as_list()[1:3] == [HEIGHT // stride,
                                                                  WIDTH // stride], name
 
@@ -129,20 +112,20 @@ def test_eval_tower_shares_every_variable_and_adds_no_update_ops(towers):
         assert tf.global_variables() == towers.train_variables
         assert tf.get_collection(tf.GraphKeys.UPDATE_OPS) == towers.train_update_ops
     assert set(towers.eval_points) == set(towers.train_points)  # keys carry no tower suffix
-    for name in NETS[towers.net].taps.values():
+    for name in taps(towers.net).values():
         assert towers.eval_points[name] is not towers.train_points[name]
 
 
 def test_eval_tower_runs_on_a_dynamic_size_input(towers):
-    taps = NETS[towers.net].taps
+    end_points = taps(towers.net)
     images = np.zeros([2, HEIGHT, WIDTH, 3], np.float32)
     with towers.graph.as_default(), tf.Session() as sess:
         fetches = [tf.shape(towers.eval_features)] + [tf.shape(towers.eval_points[name])
-                                                     for name in taps.values()]
+                                                     for name in end_points.values()]
         sess.run(tf.global_variables_initializer())
         features_shape, *tap_shapes = sess.run(fetches, {towers.eval_images: images})
     assert list(features_shape) == [2, HEIGHT // 32, WIDTH // 32, NETS[towers.net].depth]
-    for stride, shape in zip(taps, tap_shapes):
+    for stride, shape in zip(end_points, tap_shapes):
         assert list(shape[1:3]) == [HEIGHT // stride, WIDTH // stride]
 
 
