@@ -39,22 +39,19 @@ def _make_dataset(datapath, name="tiny", splits_written=("train", "val"), label_
 
 
 def _val_pass(sess, feeder):
-    feeder.start_validation(sess)
     sizes = []
-    while True:
-        try:
-            images, labels = sess.run([feeder.images, feeder.labels], {feeder.handle: feeder.val_handle(sess)})
-        except tf.errors.OutOfRangeError:
-            return sizes
+    for _ in range(feeder.val_batches_per_pass):
+        images, labels = sess.run([feeder.images, feeder.labels], {feeder.handle: feeder.val_handle(sess)})
         assert images.shape[1:] == (16, 16, 3) and labels.shape[1:] == (16, 16)
         sizes.append(images.shape[0])
+    return sizes
 
 
 def test_handle_switches_between_train_and_val_batches(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
         feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16, val_fraction=0.5, seed=3)
-        assert (feeder.num_train_images, feeder.num_val_images) == (6, 3)
+        assert (feeder.num_train_images, feeder.num_val_images, feeder.val_batches_per_pass) == (6, 3, 2)
         with tf.Session() as sess:
             train = {feeder.handle: feeder.train_handle(sess)}
             images, labels = sess.run([feeder.images, feeder.labels], train)
@@ -62,7 +59,7 @@ def test_handle_switches_between_train_and_val_batches(tmp_path):
             assert labels.shape == (2, 16, 16) and labels.dtype == np.int32
             assert _val_pass(sess, feeder) == [2, 1]         # ceil(5 * 0.5) images
             sess.run(feeder.images, train)                   # training continues after validation
-            assert _val_pass(sess, feeder) == [2, 1]         # and validation restarts from the top
+            assert _val_pass(sess, feeder) == [2, 1]         # and the next pass is the same
 
 
 def test_val_subset_spans_the_file_and_repeats_exactly(tmp_path):
@@ -77,13 +74,8 @@ def test_val_subset_spans_the_file_and_repeats_exactly(tmp_path):
 
 
 def _val_labels(sess, feeder):
-    feeder.start_validation(sess)
-    batches = []
-    while True:
-        try:
-            batches.append(sess.run(feeder.labels, {feeder.handle: feeder.val_handle(sess)}))
-        except tf.errors.OutOfRangeError:
-            return np.concatenate(batches)
+    return np.concatenate([sess.run(feeder.labels, {feeder.handle: feeder.val_handle(sess)})
+                           for _ in range(feeder.val_batches_per_pass)])
 
 
 def test_debug_overfit_trains_on_the_first_images_only(tmp_path):

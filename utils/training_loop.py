@@ -61,7 +61,11 @@ PLAN_KEYS = tuple(field.name for field in dataclasses.fields(StepPlan))
 
 
 def _lr_schedule_name(settings):
-    return "epochs" if settings.lr_schedule else "thirds" if settings.decaylr else "constant"
+    if settings.lr_schedule:
+        return "epochs"
+    if settings.decaylr:
+        return "thirds"
+    return "constant" if settings.constantlr else "anneal"
 
 
 def make_plan(settings, num_train_images):
@@ -205,20 +209,16 @@ def scalar_summary(**tagged_values):
 
 def validate(sess, graph, feeder, spec):
     """(loss, mIoU, image summary) over one pass of the validation subset."""
-    feeder.start_validation(sess)
     val_feed = {feeder.handle: feeder.val_handle(sess)}
     confusion = np.zeros((spec.num_classes, spec.num_classes), np.int64)
     loss_sum = pixels = 0.0
     images_summary = None
     fetches = [graph.val_loss_sum, graph.val_pixels, graph.val_confusion]
-    while True:
-        try:
-            if images_summary is None:  # the first batch also draws its pictures
-                *values, images_summary = sess.run(fetches + [graph.images_summary], val_feed)
-            else:
-                values = sess.run(fetches, val_feed)
-        except tf.errors.OutOfRangeError:
-            break
+    for _ in range(feeder.val_batches_per_pass):
+        if images_summary is None:  # the first batch also draws its pictures
+            *values, images_summary = sess.run(fetches + [graph.images_summary], val_feed)
+        else:
+            values = sess.run(fetches, val_feed)
         loss_sum += values[0]
         pixels += values[1]
         confusion += values[2]
