@@ -399,7 +399,9 @@ def test_missing_pretrained_checkpoint_says_where_and_leaves_no_folder(datapath,
     (["--momentum", "1"], "argument --momentum: must be >= 0 and < 1, got 1"),
     (["--batch_norm_decay", "0"], "argument --batch_norm_decay: must be > 0 and < 1, got 0"),
     (["-g", "-2"], "argument -g/--gpu: must be >= -1, got -2"),
-    (["--decaylr", "--lr_schedule", "3"], "--decaylr and --lr_schedule are two schedules"),
+    (["--decaylr", "--lr_schedule", "3"], "--decaylr and --lr_schedule each set the "
+                                          "learning-rate schedule: give one"),
+    (["--constantlr", "--decaylr"], "--decaylr and --constantlr each set the learning-rate"),
     (["--epochs", "5", "--lr_schedule", "2", "5"], "--lr_schedule epochs must increase strictly "
                                                    "and lie inside the 5 --epochs, got 2 5"),
     (["--lr_schedule", "3", "3"], "--lr_schedule epochs must increase strictly"),

@@ -187,6 +187,7 @@ def test_class_weighting_without_frequencies_is_a_user_error():
 # --- learning-rate schedule --------------------------------------------------------
 
 @pytest.mark.parametrize("schedule, drop_epochs, expected", [
+    ("anneal", (), {0: 1.0, 479: 1.0, 480: 0.1, 599: 0.1}),
     ("constant", (), {0: 1.0, 599: 1.0}),
     ("thirds", (), {0: 1.0, 199: 1.0, 200: 0.1, 399: 0.1, 400: 0.01, 599: 0.01}),
     ("epochs", (2.5, 1), {0: 1.0, 9: 1.0, 10: 0.1, 24: 0.1, 25: 0.01, 599: 0.01}),
@@ -365,7 +366,8 @@ def test_batch_norm_decay_is_the_default_for_nets_with_batch_norm_only():
 
 
 def plan_settings(**changes):
-    settings = dict(batch_size=4, epochs=3, lr_schedule=None, decaylr=True, log_every=1,
+    settings = dict(batch_size=4, epochs=3, lr_schedule=None, decaylr=True, constantlr=False,
+                    log_every=1,
                     val_every=None, save_every=None, snapshot_every=None, dataset="toy")
     return SimpleNamespace(**{**settings, **changes})
 

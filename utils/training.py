@@ -123,9 +123,20 @@ def class_weights(method, spec):
 # Each drop divides the learning rate by this factor.
 LR_DROP_FACTOR = 10.0
 
+# The default schedule runs this last fraction of training at the lower rate. At a
+# constant rate the weights, and the batch-norm moving statistics the eval tower uses,
+# keep jumping until the last step: two constant-rate runs of the README recipe on
+# `shapes` ended at val mIoU 0.74 and 0.84; with the drop, runs end at their best
+# (full-val mIoU 0.83 in three runs).
+ANNEAL_FRACTION = 1 / 5
+
 
 def _no_drops(total_steps, steps_per_epoch, drop_epochs):
     return []
+
+
+def _drop_for_the_last_part(total_steps, steps_per_epoch, drop_epochs):
+    return [round(total_steps * (1 - ANNEAL_FRACTION))]
 
 
 def _drops_at_thirds(total_steps, steps_per_epoch, drop_epochs):
@@ -137,7 +148,8 @@ def _drops_at_epochs(total_steps, steps_per_epoch, drop_epochs):
 
 
 LR_SCHEDULES = {
-    "constant": _no_drops,
+    "anneal": _drop_for_the_last_part,  # the default
+    "constant": _no_drops,        # --constantlr
     "thirds": _drops_at_thirds,   # --decaylr
     "epochs": _drops_at_epochs,   # --lr_schedule EPOCH ...
 }
