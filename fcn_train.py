@@ -204,10 +204,12 @@ def build_parser():
                      metavar="STEPS", help="runlog / console / TensorBoard line every STEPS "
                           "(default: %(default)s)")
     run.add_argument("--val_every", type=positive_int, default=None, metavar="STEPS",
-                     help="validate every STEPS (default: once per epoch)")
+                     help=f"validate every STEPS (default: once per epoch, at least "
+                          f"{training_loop.MIN_DEFAULT_EVERY_STEPS} steps apart)")
     run.add_argument("--save_every", type=positive_int, default=None, metavar="STEPS",
                      help="overwrite the latest checkpoint fcn.ckpt every STEPS "
-                          "(default: once per epoch)")
+                          f"(default: once per epoch, at least "
+                          f"{training_loop.MIN_DEFAULT_EVERY_STEPS} steps apart)")
     run.add_argument("--snapshot_every", type=positive_int, default=None, metavar="STEPS",
                      help=f"keep a snapshot fcn.ckpt_<step> every STEPS (default: "
                           f"{training_loop.DEFAULT_SNAPSHOTS_PER_RUN} per run)")

@@ -375,9 +375,20 @@ def plan_settings(**changes):
 def test_the_step_plan_round_trips_through_runargs():
     plan = training_loop.make_plan(plan_settings(), num_train_images=10)
     assert (plan.steps_per_epoch, plan.total_steps, plan.lr_drop_steps) == (3, 9, (3, 6))
-    assert (plan.val_every, plan.save_every, plan.snapshot_every) == (3, 3, 1)
+    # Once an epoch, but not more often than every MIN_DEFAULT_EVERY_STEPS.
+    assert (plan.val_every, plan.save_every, plan.snapshot_every) == (
+        training_loop.MIN_DEFAULT_EVERY_STEPS, training_loop.MIN_DEFAULT_EVERY_STEPS, 1)
     saved = json.loads(json.dumps(plan.as_runargs()))  # as runargs holds it
     assert training_loop.resumed_plan(SimpleNamespace(**saved, dataset="toy"), 10, "run") == plan
+
+
+def test_validation_and_saves_default_to_once_an_epoch():
+    plan = training_loop.make_plan(plan_settings(epochs=2), num_train_images=400)
+    assert plan.steps_per_epoch == 100 > training_loop.MIN_DEFAULT_EVERY_STEPS
+    assert (plan.val_every, plan.save_every, plan.snapshot_every) == (100, 100, 20)
+    explicit = training_loop.make_plan(plan_settings(val_every=7, save_every=9, snapshot_every=5),
+                                       num_train_images=400)
+    assert (explicit.val_every, explicit.save_every, explicit.snapshot_every) == (7, 9, 5)
 
 
 def test_resuming_on_a_training_set_of_another_size_is_a_user_error():

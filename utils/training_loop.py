@@ -35,6 +35,10 @@ from utils.visualization import colorize_labels_tf  # noqa: E402
 # Snapshots by default: this many over the run, so disk use is bounded whatever the length.
 DEFAULT_SNAPSHOTS_PER_RUN = 10
 IMAGE_SUMMARY_COUNT = 3  # validation images shown in TensorBoard
+# Validation and saves default to once per epoch, but no more often than this: an
+# epoch of --debug_overfit 4 at batch 4 is one step, and validating CamVid after
+# every step took 5 times as long as the step itself.
+MIN_DEFAULT_EVERY_STEPS = 25
 
 
 # --- The step plan -----------------------------------------------------------------------
@@ -80,8 +84,8 @@ def make_plan(settings, num_train_images):
         lr_drop_steps=tuple(training.lr_drop_steps(_lr_schedule_name(settings), total_steps,
                                                    steps_per_epoch, settings.lr_schedule or ())),
         log_every=settings.log_every,
-        val_every=settings.val_every or steps_per_epoch,
-        save_every=settings.save_every or steps_per_epoch,
+        val_every=settings.val_every or max(steps_per_epoch, MIN_DEFAULT_EVERY_STEPS),
+        save_every=settings.save_every or max(steps_per_epoch, MIN_DEFAULT_EVERY_STEPS),
         snapshot_every=settings.snapshot_every
         or max(1, math.ceil(total_steps / DEFAULT_SNAPSHOTS_PER_RUN)))
 
