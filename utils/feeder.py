@@ -121,8 +121,8 @@ class Feeder:
 
         # Batched, then repeated: every val_batches_per_pass batches are one pass, the
         # last batch partial. One endless iterator instead of re-initialising one per
-        # pass: the re-initialisation waited 4-20 s at random (shapes, 2 cores), as long
-        # as the pass itself at 512 px on CamVid.
+        # pass: on `shapes` (2 cores) the re-initialisation sometimes waited 4-20 s,
+        # for a pass that itself takes 0.2 s.
         return (read_records(self.val_path, self._how_to_make).shard(self._val_stride, 0)
                 .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(batch_size)
