@@ -82,13 +82,15 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(data, tmp_path_factory):
-    """A run folder trained by the real fcn_train.py (4 steps, snapshots at 2 and 4)."""
+    """A run folder trained by the real fcn_train.py (4 steps, validation and snapshots
+    at 2 and 4)."""
     datapath, _ = data
     runs_dir = tmp_path_factory.mktemp("runs")
     result = subprocess.run(
         [sys.executable, "fcn_train.py", "--scratch", "--fcn16", "--dataset", DATASET,
          "--datapath", str(datapath), "--runs_dir", str(runs_dir), "--pixels", str(TRAIN_PIXELS),
-         "--batch_size", "3", "--epochs", "2", "--log_every", "1", "--snapshot_every", "2"],
+         "--batch_size", "3", "--epochs", "2", "--log_every", "1", "--val_every", "2",
+         "--snapshot_every", "2"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECS)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = [path for path in runs_dir.iterdir() if path.is_dir()]
@@ -420,7 +422,8 @@ def test_tensorboard_serves_the_runs_loss_and_val_miou(run_dir, tmp_path):
                 assert server.poll() is None, (tmp_path / "tensorboard.log").read_text()[-2000:]
         assert {"train/loss", "val/miou"} <= set(tags.get(run_dir.name, {})), tags
         values = _get_json(f"{base}/scalars?run={run_dir.name}&tag=val/miou")
-        assert len(values) == 2 and all(0 <= value <= 1 for _, _, value in values)  # once per epoch
+        assert [step for _, step, _ in values] == [2, 4]
+        assert all(0 <= value <= 1 for _, _, value in values)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -146,8 +146,10 @@ def test_runargs_hold_the_resolved_settings_fcn_test_needs(two_runs, datapath):
     # The step plan, so a resume keeps the schedule whatever the defaults or the data become.
     assert {k: runargs[k] for k in training_loop.PLAN_KEYS} == dict(
         train_images=NUM_IMAGES["train"], batch_size=BATCH_SIZE,
-        steps_per_epoch=STEPS_PER_EPOCH, total_steps=TWO_RUNS_STEPS, lr_drop_steps=[],
-        log_every=1, val_every=TWO_RUNS_EVERY, save_every=STEPS_PER_EPOCH,
+        steps_per_epoch=STEPS_PER_EPOCH, total_steps=TWO_RUNS_STEPS,
+        lr_drop_steps=[round(TWO_RUNS_STEPS * (1 - training.ANNEAL_FRACTION))],  # the default
+        log_every=1, val_every=TWO_RUNS_EVERY,
+        save_every=max(STEPS_PER_EPOCH, training_loop.MIN_DEFAULT_EVERY_STEPS),
         snapshot_every=TWO_RUNS_EVERY)
     assert (runargs["flip"], runargs["scale_range"], runargs["stretch_range"]) == (
         AugmentParams().flip, list(AugmentParams().scale_range),
