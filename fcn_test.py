@@ -12,7 +12,6 @@ matrix summed over every image of the split at its source resolution, with a
 confusion.png, viz/, predictions/. With --imagepath/--moviepath the run
 segments those instead of a split.
 """
-import argparse
 import csv
 import io
 import json
@@ -23,7 +22,7 @@ import time
 
 from tqdm import tqdm
 
-from utils.cli import add_gpu_flag, bounded, select_gpu
+from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu
 from utils.datasets import IGNORE_LABEL, SPLIT_FILES
 from utils.errors import SegMentorError, first_line, run_main
 from utils.files import write_text_atomic
@@ -35,15 +34,6 @@ from utils.visualization import (VideoReader, VideoWriter, colorize, confusion_h
 
 # Flags that only mean something when a split is scored.
 SPLIT_ONLY_FLAGS = ("split", "batch_size", "first2viz", "last2viz")
-
-
-class TestArgumentParser(argparse.ArgumentParser):
-    """Adds the checks between flags: a combination that cannot work fails at once."""
-
-    def parse_args(self, args=None, namespace=None):
-        parsed = super().parse_args(args, namespace)
-        _check_flag_combinations(self, parsed)
-        return parsed
 
 
 def _check_flag_combinations(parser, args):
@@ -61,8 +51,8 @@ def _check_flag_combinations(parser, args):
 
 
 def build_parser():
-    parser = TestArgumentParser(
-        prog="fcn_test.py",
+    parser = CheckedArgumentParser(
+        prog="fcn_test.py", check=_check_flag_combinations,
         description="Score a trained run on a dataset split (mIoU with a 95% bootstrap "
                     "interval, per-class IoU, confusion matrix, pictures), or segment "
                     "images and videos with it.")

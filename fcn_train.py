@@ -23,9 +23,9 @@ import fcn_arch  # noqa: E402
 from utils import training, training_loop  # noqa: E402
 from utils.augmentation import NO_AUGMENT, AugmentParams  # noqa: E402
 from utils.checkpoints import CheckpointKeeper, newest_intact, remove_unfinished_saves  # noqa: E402
-from utils.cli import add_gpu_flag, bounded, select_gpu  # noqa: E402
+from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  # noqa: E402
 from utils.datasets import DEFAULT_DATAPATH, load_dataset  # noqa: E402
-from utils.errors import EXIT_USER_ERROR, SegMentorError, run_main  # noqa: E402
+from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
 from utils.run_folder import (RUNS_DIR, RunLog, create_run_dir, read_runargs,  # noqa: E402
                               write_runargs)
@@ -55,18 +55,6 @@ non_negative_float = bounded(float, low=0)
 
 
 # --- Flags ---------------------------------------------------------------------------
-
-class TrainArgumentParser(argparse.ArgumentParser):
-    """Adds the checks between flags, and keeps every flag error to one line."""
-
-    def parse_args(self, args=None, namespace=None):
-        parsed = super().parse_args(args, namespace)
-        _check_flag_combinations(self, parsed)
-        return parsed
-
-    def error(self, message):
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
-
 
 def _check_flag_combinations(parser, args):
     changed = sorted(name for name, value in vars(args).items()
@@ -107,8 +95,8 @@ def _check_flag_combinations(parser, args):
 
 
 def build_parser():
-    parser = TrainArgumentParser(
-        prog="fcn_train.py",
+    parser = CheckedArgumentParser(
+        prog="fcn_train.py", check=_check_flag_combinations,
         description="Train an FCN on a segmentation dataset. Each run gets a folder "
                     "<runs_dir>/<YYYYMMDD>_<basenet>__<N> with runargs, runlog, TensorBoard "
                     "events and checkpoints.")

@@ -7,7 +7,27 @@ nothing below the scripts sees argparse.
 import argparse
 import os
 
+from utils.errors import EXIT_USER_ERROR
+
 CPU_ONLY = -1  # --gpu value that hides every GPU
+
+
+class CheckedArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that also runs `check(parser, args)` on the parsed flags, so a
+    combination that cannot work fails at once, and keeps every flag error to one line."""
+
+    def __init__(self, *args, check=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._check = check
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if self._check:
+            self._check(self, parsed)
+        return parsed
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def bounded(type_, low=None, high=None, low_inclusive=True, high_inclusive=True, what=None):
