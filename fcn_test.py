@@ -37,6 +37,8 @@ SPLIT_ONLY_FLAGS = ("split", "batch_size", "first2viz", "last2viz")
 
 
 def _check_flag_combinations(parser, args):
+    if args.best and args.afteriter is not None:
+        parser.error("--best and --afteriter each pick the checkpoint: give one")
     if args.first2viz > args.last2viz:
         parser.error(f"--first2viz {args.first2viz} is after --last2viz {args.last2viz}: "
                      f"images first2viz .. last2viz-1 are drawn")
@@ -60,6 +62,9 @@ def build_parser():
                         help="run folder made by fcn_train.py (e.g. tmp/20240131_mobilenet_v1__1)")
     parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
                         help="use snapshot fcn.ckpt_<N> (default: the newest intact checkpoint)")
+    parser.add_argument("--best", action="store_true",
+                        help="use fcn.ckpt_best, the best val mIoU of a run trained with "
+                             "--keep_best")
     parser.add_argument("--split", choices=sorted(SPLIT_FILES), default="val",
                         help="split to score (default: %(default)s)")
     parser.add_argument("--datapath", default=None,
@@ -215,7 +220,7 @@ def segment_movie(segmenter, reader, outdir):
 def main(args):
     select_gpu(args.gpu)  # before the first session, which is when TF claims devices
     run = TrainedRun(args.traindir, args.datapath)
-    checkpoint = run.checkpoint(args.afteriter)
+    checkpoint = run.checkpoint(args.afteriter, best=args.best)
     run.eval_pixels(args.pixels)  # reject a bad --pixels before any graph is built
     run.dataset()                 # and data that cannot be found before anything is written
     if args.imagepath or args.moviepath:

@@ -42,8 +42,9 @@ FINETUNE_LEARNRATE = 3e-4
 DEFAULT_LOG_EVERY_STEPS = 10
 # Slim ImageNet checkpoints (FEATURE_EXTRACTORS[net].checkpoint_file) are looked up here.
 DEFAULT_MODELSPATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
-# Validation scores this fraction of the val split (a fixed subset): a trend, quickly.
-VAL_FRACTION = 0.25
+# Validation scores this fraction of the val split (a fixed subset) by default: a trend,
+# quickly; --val_fraction 1 scores all of it, as fcn_test.py does.
+DEFAULT_VAL_FRACTION = 0.25
 DEFAULT_AUGMENT = AugmentParams()    # the flip, scale and stretch of training batches
 # Flags a resumed run may change: where things are on this machine, not what is trained.
 RESUME_OVERRIDES = ("gpu", "datapath")
@@ -70,6 +71,14 @@ def _check_flag_combinations(parser, args):
     if len(schedules) > 1:
         parser.error(f"--{' and --'.join(schedules)} each set the learning-rate schedule: "
                      f"give one")
+    if schedules and args.lr_policy != "step":
+        parser.error(f"--{schedules[0]} sets the drops of --lr_policy step; --lr_policy "
+                     f"{args.lr_policy} has none: drop one of them")
+    if args.crop and args.pixels is not None:
+        parser.error("--crop trains at the images' own scale and evaluates at native size, so "
+                     "--pixels would be unused: drop one of them")
+    if not args.crop and not args.crop_pad:
+        parser.error("--no-crop_pad is about --crop windows: give --crop HEIGHT WIDTH or drop it")
     if args.lr_schedule and (max(args.lr_schedule) >= args.epochs or any(
             later <= earlier for earlier, later in zip(args.lr_schedule, args.lr_schedule[1:]))):
         parser.error(f"--lr_schedule epochs must increase strictly and lie inside the "
@@ -88,7 +97,8 @@ def _check_flag_combinations(parser, args):
         low, high = getattr(args, name)
         if low > high:
             parser.error(f"--{name} LOW HIGH needs LOW <= HIGH, got {low:g} {high:g}")
-    augment_flags = [name for name in ("flip", "scale_range", "stretch_range") if name in changed]
+    augment_flags = [name for name in ("flip", "scale_range", "stretch_range", "photometric")
+                     if name in changed]
     if args.debug_overfit and augment_flags:
         parser.error(f"--debug_overfit trains without augmentation, so "
                      f"--{', --'.join(augment_flags)} would be unused")
@@ -112,7 +122,13 @@ def build_parser():
     net.add_argument("--extended_arch", choices=list(fcn_arch.ARCHS), default="fcn",
                      help="decoder class (default: %(default)s)")
     net.add_argument("--weight_decay", type=non_negative_float, default=None,
-                     help="L2 weight decay (default: the encoder family's own)")
+                     help="L2 weight decay: adds weight_decay * sum(w^2) / 2 over the "
+                          "convolution weights of encoder and decoder (not biases, batch norm, "
+                          "MobileNet depthwise weights or learnt upsampling kernels) to the "
+                          "loss, through the encoder family's slim arg scope; with --optimizer "
+                          "momentum/nesterov that is a decay of lr * weight_decay * w per step, "
+                          "with adam it is rescaled per weight (default: the family's own, "
+                          "e.g. 4e-05 for the MobileNets)")
     net.add_argument("--batch_norm_decay", type=bounded(float, 0, 1, False, False),
                      default=None,
                      help=f"batch-norm moving-average decay per step, for nets with batch "
@@ -126,7 +142,20 @@ def build_parser():
     data.add_argument("--datapath", default=DEFAULT_DATAPATH,
                       help="folder holding <dataset>/*.tfrecords (default: %(default)s)")
     data.add_argument("--pixels", type=positive_int, default=None,
-                      help="training crop side in pixels (default: the dataset's own)")
+                      help="training size: the larger side is scaled to it (then --scale_range "
+                           "applies), padded to a square; validation the same without "
+                           "randomness (default: the dataset's own; not with --crop)")
+    data.add_argument("--crop", type=positive_int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                      default=None,
+                      help="train on random HEIGHT x WIDTH windows of the images at their own "
+                           "scale: --scale_range and --stretch_range apply to the native size, "
+                           "padding only where the augmented image is smaller; validation and "
+                           "fcn_test.py then run at native size (runargs pixels = 0)")
+    data.add_argument("--crop_pad", action=argparse.BooleanOptionalAction, default=True,
+                      help="pad --crop windows where the augmented image is smaller; with "
+                           "--no-crop_pad the size factor is raised until the image covers "
+                           "the window, and an image smaller than the window at native size "
+                           "stops training with one error line (default: %(default)s)")
     data.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                       help="images per step (default: %(default)s)")
     data.add_argument("--class_weighting", choices=list(training.CLASS_WEIGHTINGS),
@@ -143,6 +172,9 @@ def build_parser():
                       default=list(DEFAULT_AUGMENT.stretch_range),
                       help="random width/height ratio change of training images, area kept "
                            "(default: %(default)s; 1 1 = off)")
+    data.add_argument("--photometric", action="store_true",
+                      help="random brightness, contrast, saturation and hue of training images "
+                           "(slim Inception strengths, see utils/augmentation.py; default: off)")
     data.add_argument("--debug_overfit", type=non_negative_int, default=0, metavar="N",
                       help="train on the first N training images only, without augmentation: "
                            "train mIoU should approach 1 (0 = off)")
@@ -163,7 +195,9 @@ def build_parser():
                        help="passes over the training images (default: %(default)s)")
     optim.add_argument("--optimizer", choices=list(training.OPTIMIZERS),
                        default=training.DEFAULT_OPTIMIZER,
-                       help="update rule (default: %(default)s)")
+                       help="update rule: adam, SGD with momentum, or SGD with Nesterov "
+                            "momentum (--momentum; weight decay: --weight_decay) "
+                            "(default: %(default)s)")
     optim.add_argument("--learnrate", type=positive_float, default=None,
                        help=f"initial learning rate (default: {SCRATCH_LEARNRATE:g} with "
                             f"--scratch, {FINETUNE_LEARNRATE:g} from ImageNet weights)")
@@ -175,6 +209,15 @@ def build_parser():
     optim.add_argument("--difflr", action="store_true",
                        help=f"new decoder layers learn {training.DIFFLR_FACTOR:g}x faster "
                             f"than the ImageNet-pretrained encoder (not with --scratch)")
+    optim.add_argument("--lr_policy", choices=list(training.LR_POLICIES), default="step",
+                       help=f"learning-rate shape over the run: step (drops, see --constantlr, "
+                            f"--decaylr, --lr_schedule), poly ((1 - t)^{training.POLY_POWER:g}) "
+                            f"or cosine, t going 0 to 1 from the end of warmup to the last "
+                            f"step (default: %(default)s)")
+    optim.add_argument("--warmup_steps", type=non_negative_int, default=0, metavar="STEPS",
+                       help="raise the learning rate linearly over the first STEPS steps "
+                            "(step s at (s+1)/STEPS of it), any --lr_policy; must be fewer "
+                            "than the run's steps (default: %(default)s)")
     optim.add_argument("--constantlr", action="store_true",
                        help=f"keep the learning rate constant (default: divide it by "
                             f"{training.LR_DROP_FACTOR:g} for the last "
@@ -194,6 +237,13 @@ def build_parser():
     run.add_argument("--val_every", type=positive_int, default=None, metavar="STEPS",
                      help=f"validate every STEPS (default: once per epoch, at least "
                           f"{training_loop.MIN_DEFAULT_EVERY_STEPS} steps apart)")
+    run.add_argument("--val_fraction", type=bounded(float, 0, 1, low_inclusive=False),
+                     default=DEFAULT_VAL_FRACTION, metavar="F",
+                     help="validate on every round(1/F)-th val image (1 = all of them, scored "
+                          "as fcn_test.py does; default: %(default)s)")
+    run.add_argument("--keep_best", action="store_true",
+                     help="also keep fcn.ckpt_best, the state of the best val mIoU so far "
+                          "(fcn_test.py --best scores it)")
     run.add_argument("--save_every", type=positive_int, default=None, metavar="STEPS",
                      help="overwrite the latest checkpoint fcn.ckpt every STEPS "
                           f"(default: once per epoch, at least "
@@ -253,7 +303,8 @@ def augment_params(settings):
     if settings.debug_overfit:
         return NO_AUGMENT
     return AugmentParams(flip=settings.flip, scale_range=tuple(settings.scale_range),
-                         stretch_range=tuple(settings.stretch_range))
+                         stretch_range=tuple(settings.stretch_range),
+                         photometric=settings.photometric)
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -262,7 +313,9 @@ def main(args):
     select_gpu(args.gpu)  # before the first session, which is when TF claims devices
     settings = run_settings(args)
     spec = load_dataset(settings.dataset, settings.datapath)
-    settings.pixels = settings.pixels or spec.default_pixels
+    # A --crop run trains at native scale and evaluates at native size: pixels 0, which
+    # fcn_test's "as in training" then also means.
+    settings.pixels = 0 if settings.crop else (settings.pixels or spec.default_pixels)
     resume_from, skipped_checkpoints = None, []
     if settings.resume:  # the step is needed now: the data stream starts from it
         remove_unfinished_saves(settings.resume)
@@ -276,13 +329,15 @@ def main(args):
     with tf.Graph().as_default():
         tf.set_random_seed(settings.seed)
         feeder = Feeder(spec, settings.datapath, settings.batch_size, settings.pixels,
-                        augment=augment_params(settings), val_fraction=VAL_FRACTION,
+                        augment=augment_params(settings), val_fraction=settings.val_fraction,
                         seed=settings.seed, debug_overfit=settings.debug_overfit,
-                        start_step=resume_from.step if resume_from else 0)
+                        start_step=resume_from.step if resume_from else 0,
+                        crop=tuple(settings.crop) if settings.crop else None,
+                        crop_pad=settings.crop_pad)
         plan = (training_loop.resumed_plan(settings, feeder.num_train_images, settings.resume)
                 if settings.resume else training_loop.make_plan(settings, feeder.num_train_images))
         graph = training_loop.build_graph(settings, spec, feeder.images, feeder.labels,
-                                          plan.lr_drop_steps)
+                                          plan.lr_drop_steps, plan.total_steps)
         # Made before the run folder, so a missing ImageNet checkpoint leaves no empty folder.
         restore_pretrained = (None if settings.scratch or resume_from else
                               training_loop.pretrained_restorer(graph.train_arch,
@@ -301,7 +356,7 @@ def main(args):
                 init = training_loop.initialise(sess, keeper, resume_from, restore_pretrained)
                 tf.get_default_graph().finalize()  # an op made inside the loop would be a leak
                 loop = training_loop.TrainingLoop(sess, graph, feeder, spec, plan, keeper, log,
-                                                  events)
+                                                  events, keep_best=settings.keep_best)
                 loop.log_start("resume" if settings.resume else "start", init, run_dir)
                 signal_name = loop.run()
             training_loop.finish(run_dir, log, loop.step, plan.total_steps, signal_name,

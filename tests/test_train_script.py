@@ -310,7 +310,7 @@ def build_training_graph(*argv):
         labels = tf.placeholder(tf.int32, [BATCH_SIZE, IMAGE_SIZE_PX, IMAGE_SIZE_PX])
         plan = training_loop.make_plan(settings, NUM_IMAGES["train"])
         train_graph = training_loop.build_graph(settings, GRAPH_SPEC, images, labels,
-                                                plan.lr_drop_steps)
+                                                plan.lr_drop_steps, plan.total_steps)
     return graph, train_graph
 
 

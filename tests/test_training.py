@@ -197,7 +197,7 @@ def test_learning_rate_at_steps(schedule, drop_epochs, expected):
     drops = training.lr_drop_steps(schedule, total_steps, steps_per_epoch, drop_epochs)
     with tf.Graph().as_default(), tf.Session() as sess:
         step = tf.placeholder(tf.int64, [])
-        lr = training.learning_rate(1.0, step, drops)
+        lr = training.learning_rate(1.0, step, "step", total_steps, drops)
         values = {s: sess.run(lr, {step: s}) for s in expected}
     assert values == pytest.approx(expected, rel=1e-6)
 
@@ -367,7 +367,7 @@ def test_batch_norm_decay_is_the_default_for_nets_with_batch_norm_only():
 
 def plan_settings(**changes):
     settings = dict(batch_size=4, epochs=3, lr_schedule=None, decaylr=True, constantlr=False,
-                    log_every=1,
+                    warmup_steps=0, log_every=1,
                     val_every=None, save_every=None, snapshot_every=None, dataset="toy")
     return SimpleNamespace(**{**settings, **changes})
 

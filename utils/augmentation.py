@@ -10,7 +10,14 @@ beyond `pixels`, and places the image at a random spot of the padded square.
 Evaluation uses the same sizing with no randomness and pads bottom/right, so
 `[:valid_height, :valid_width]` of a prediction is the image.
 
+Crops at the image's own scale (`train_crop`, fcn_train's --crop H W): the
+flip, rescale and stretch apply to the native size, then a random H x W
+window is cut; only where the augmented image is smaller than the window is
+it padded (or, with pad=False, the rescale is raised until the image covers
+the window). Such runs evaluate at native size (pixels=0).
+
     image, label = train_sizing(image, label, 512, AugmentParams(), seed)
+    image, label = train_crop(image, label, (288, 384), AugmentParams(), seed)
     image, label, valid_height, valid_width = eval_sizing(image, label, 512)
     image, valid_height, valid_width = eval_image_sizing(image, 512)   # a photo, no label
 
@@ -39,6 +46,7 @@ class AugmentParams:
     flip: bool = True                     # random horizontal flip (never vertical: scenes have an up)
     scale_range: tuple = (0.75, 1.25)     # size factor on top of the sizing to `pixels`
     stretch_range: tuple = (0.85, 1.15)   # width/height ratio change, area kept
+    photometric: bool = False             # random brightness, contrast, saturation, hue
 
     def __post_init__(self):
         for name in ("scale_range", "stretch_range"):
@@ -48,6 +56,20 @@ class AugmentParams:
 
 
 NO_AUGMENT = AugmentParams(flip=False, scale_range=(1.0, 1.0), stretch_range=(1.0, 1.0))
+
+# Photometric strengths: those of slim's Inception preprocessing (`distort_color`),
+# on images scaled to [0, 1]. Colour is a weak cue for most classes (a car may be
+# any colour) while lighting changes a lot between street scenes.
+BRIGHTNESS_MAX_DELTA = 32 / 255
+CONTRAST_RANGE = (0.5, 1.5)
+SATURATION_RANGE = (0.5, 1.5)
+HUE_MAX_DELTA = 0.2
+# Stream index folded into an example's seed for its photometric draws, so the
+# geometric draws (and thus every run made before the flag existed) stay as they were.
+_PHOTOMETRIC_STREAM = 1
+# Phrase of the graph-level check of train_crop(pad=False); utils/feeder.py turns
+# the error carrying it into one line.
+CROP_TOO_LARGE_PHRASE = "crop larger than the image, and padding is off:"
 
 
 def _resize_image(image, height, width):
@@ -61,24 +83,24 @@ def _resize_pair(image, label, height, width):
     return _resize_image(image, height, width), label
 
 
-def _paddings(image, pixels, top, left):
+def _paddings(image, size, top, left):
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    return [[top, pixels - height - top], [left, pixels - width - left], [0, 0]]
+    return [[top, size[0] - height - top], [left, size[1] - width - left], [0, 0]]
 
 
-def _pad_image(image, pixels, top, left):
-    """Pad to pixels x pixels with IMAGENET_MEAN_RGB."""
+def _pad_image(image, size, top, left):
+    """Pad to size = (height, width) with IMAGENET_MEAN_RGB."""
     mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
-    image = tf.pad(image - mean, _paddings(image, pixels, top, left)) + mean
-    image.set_shape([pixels, pixels, 3])
+    image = tf.pad(image - mean, _paddings(image, size, top, left)) + mean
+    image.set_shape([size[0], size[1], 3])
     return image
 
 
-def _pad_pair(image, label, pixels, top, left):
-    """Pad to pixels x pixels: image with IMAGENET_MEAN_RGB, label with IGNORE_LABEL."""
-    label = tf.pad(label, _paddings(label, pixels, top, left), constant_values=IGNORE_LABEL)
-    label.set_shape([pixels, pixels, 1])
-    return _pad_image(image, pixels, top, left), label
+def _pad_pair(image, label, size, top, left):
+    """Pad to size = (height, width): image with IMAGENET_MEAN_RGB, label with IGNORE_LABEL."""
+    label = tf.pad(label, _paddings(label, size, top, left), constant_values=IGNORE_LABEL)
+    label.set_shape([size[0], size[1], 1])
+    return _pad_image(image, size, top, left), label
 
 
 def _fit_size(image, pixels):
@@ -101,31 +123,90 @@ def _offset(seed, max_offset):
     return tf2.random.stateless_uniform([], seed, minval=0, maxval=max_offset + 1, dtype=tf.int32)
 
 
-def train_sizing(image, label, pixels, params, seed):
-    """Augment and size one training pair -> image [P, P, 3], label [P, P]."""
+def photometric(image, seed):
+    """Random brightness, contrast, saturation and hue of float32 RGB 0..255 [h, w, 3].
+
+    The strengths are the module's constants; the result is clipped to 0..255.
+    Only the image changes: call it on the pair's image, before padding (so
+    padding stays the mean colour).
+    """
+    brightness_seed, contrast_seed, saturation_seed, hue_seed = \
+        tf2.unstack(tf2.random.experimental.stateless_split(seed, num=4))
+    image = image / 255.0
+    image = tf2.image.stateless_random_brightness(image, BRIGHTNESS_MAX_DELTA, brightness_seed)
+    image = tf2.image.stateless_random_contrast(image, *CONTRAST_RANGE, contrast_seed)
+    # Saturation and hue work in HSV, which needs RGB in [0, 1].
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    image = tf2.image.stateless_random_saturation(image, *SATURATION_RANGE, saturation_seed)
+    image = tf2.image.stateless_random_hue(image, HUE_MAX_DELTA, hue_seed)
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def _augment_and_window(image, label, base_size, window, params, seed, pad=True):
+    """Flip, rescale and stretch from `base_size`, then a random `window` (height, width).
+
+    base_size: float (height, width) the scale range applies to. The part of
+    the augmented image beyond the window is cropped at random; where the
+    image is smaller, it sits at a random spot of the padded window, or, with
+    pad=False, the size factor is raised until it covers the window.
+    """
     flip_seed, scale_seed, stretch_seed, crop_y_seed, crop_x_seed, pad_y_seed, pad_x_seed = \
         tf2.unstack(tf2.random.experimental.stateless_split(seed, num=7))
     if params.flip:
         flip = _uniform(flip_seed, 0.0, 1.0) < 0.5
         image, label = tf.cond(flip, lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])),
                                lambda: (image, label))
-    height, width = _fit_size(image, pixels)
     scale = _uniform(scale_seed, *params.scale_range)
     stretch = tf.sqrt(_uniform(stretch_seed, *params.stretch_range))
-    height = tf.maximum(1, tf.cast(tf.round(height * scale / stretch), tf.int32))
-    width = tf.maximum(1, tf.cast(tf.round(width * scale * stretch), tf.int32))
+    height, width = base_size[0] * scale / stretch, base_size[1] * scale * stretch
+    window_height, window_width = window
+    if not pad:
+        cover = tf.maximum(1.0, tf.maximum(window_height / height, window_width / width))
+        height, width = height * cover, width * cover
+    height = tf.maximum(1, tf.cast(tf.round(height), tf.int32))
+    width = tf.maximum(1, tf.cast(tf.round(width), tf.int32))
+    if not pad:  # rounding must not undo the cover
+        height, width = tf.maximum(height, window_height), tf.maximum(width, window_width)
     image, label = _resize_pair(image, label, height, width)
 
-    crop_height, crop_width = tf.minimum(height, pixels), tf.minimum(width, pixels)
+    crop_height, crop_width = tf.minimum(height, window_height), tf.minimum(width, window_width)
     top = _offset(crop_y_seed, height - crop_height)
     left = _offset(crop_x_seed, width - crop_width)
     image = image[top:top + crop_height, left:left + crop_width]
     label = label[top:top + crop_height, left:left + crop_width]
-
-    image, label = _pad_pair(image, label, pixels,
-                             _offset(pad_y_seed, pixels - crop_height),
-                             _offset(pad_x_seed, pixels - crop_width))
+    if params.photometric:
+        image = photometric(image, tf2.random.experimental.stateless_fold_in(
+            seed, _PHOTOMETRIC_STREAM))
+    image, label = _pad_pair(image, label, window,
+                             _offset(pad_y_seed, window_height - crop_height),
+                             _offset(pad_x_seed, window_width - crop_width))
     return _to_outputs(image, label)
+
+
+def train_sizing(image, label, pixels, params, seed):
+    """Augment and size one training pair -> image [P, P, 3], label [P, P]."""
+    return _augment_and_window(image, label, _fit_size(image, pixels), (pixels, pixels), params,
+                               seed)
+
+
+def train_crop(image, label, crop_size, params, seed, pad=True):
+    """Augment one training pair at its own scale and cut a random crop_size window.
+
+    -> image [H, W, 3], label [H, W] for crop_size = (H, W). The scale range
+    applies to the native size. pad=False: no padding ever; an image whose
+    native size is smaller than the window fails (CROP_TOO_LARGE_PHRASE, then
+    the image's height and width), and a size factor that would shrink the
+    image below the window is raised to just cover it.
+    """
+    native = tf.shape(image)[:2]
+    if not pad:
+        fits = tf.reduce_all(native >= tf.constant(crop_size, tf.int32))
+        check = tf.debugging.Assert(fits, [CROP_TOO_LARGE_PHRASE, native[0], native[1]])
+        with tf.control_dependencies([check]):
+            image = tf.identity(image)
+    native = tf.cast(native, tf.float32)
+    return _augment_and_window(image, label, (native[0], native[1]), tuple(crop_size), params,
+                               seed, pad)
 
 
 def _eval_size(image, pixels):
@@ -145,7 +226,7 @@ def eval_sizing(image, label, pixels):
     if pixels:
         height, width = _eval_size(image, pixels)
         image, label = _resize_pair(image, label, height, width)
-        image, label = _pad_pair(image, label, pixels, 0, 0)
+        image, label = _pad_pair(image, label, (pixels, pixels), 0, 0)
     else:
         height, width = tf.shape(image)[0], tf.shape(image)[1]
     image, label = _to_outputs(image, label)
@@ -159,7 +240,7 @@ def eval_image_sizing(image, pixels):
     """
     if pixels:
         height, width = _eval_size(image, pixels)
-        image = _pad_image(_resize_image(image, height, width), pixels, 0, 0)
+        image = _pad_image(_resize_image(image, height, width), (pixels, pixels), 0, 0)
     else:
         height, width = tf.shape(image)[0], tf.shape(image)[1]
     return tf.cast(image, tf.float32), height, width

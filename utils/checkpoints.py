@@ -4,6 +4,7 @@ In the run folder:
     fcn.ckpt.{index,data-*}           the latest state, replaced at every save
     fcn.ckpt_prev.{index,data-*}      the state before it (hard links, no copy)
     fcn.ckpt_<step>.{index,data-*}    snapshots, kept (hard links to that save's latest)
+    fcn.ckpt_best.{index,data-*}      with --keep_best: the state of the best val mIoU so far
     checkpoint                        TF's state file (tf.train.latest_checkpoint finds fcn.ckpt)
 Each holds every global variable: weights, batch-norm averages, optimizer
 slots and the global step (GLOBAL_STEP_NAME), so a resumed run continues
@@ -27,6 +28,7 @@ from utils.tfcompat import tf
 LATEST_NAME = "fcn.ckpt"
 PREVIOUS_NAME = LATEST_NAME + "_prev"
 SNAPSHOT_NAME = LATEST_NAME + "_{step}"
+BEST_NAME = LATEST_NAME + "_best"
 # Name of the step counter variable (tf.train.get_or_create_global_step) in every checkpoint.
 GLOBAL_STEP_NAME = "global_step"
 _SNAPSHOT_INDEX = re.compile(re.escape(LATEST_NAME) + r"_(\d+)\.index$")
@@ -165,6 +167,24 @@ class CheckpointKeeper:
         # Relative names keep the run folder movable.
         tf.train.update_checkpoint_state(self.run_dir, LATEST_NAME,
                                          all_model_checkpoint_paths=snapshots + [LATEST_NAME])
+
+    def save_best(self, sess):
+        """Replace fcn.ckpt_best with the current state.
+
+        Written complete under a staging name first. The old index goes before
+        the new files are renamed in, index last, so a kill at any moment
+        leaves the old best, no best, or the new best, never a mixed pair. It
+        is not one of `checkpoint_candidates`: resume continues from the
+        latest state, not the best.
+        """
+        best, staging = self._prefix(BEST_NAME), self._prefix("." + BEST_NAME + PARTIAL_SUFFIX)
+        self._saver.save(sess, staging, write_meta_graph=False, write_state=False)
+        if os.path.exists(best + ".index"):
+            os.remove(best + ".index")
+        for old in glob.glob(glob.escape(best) + ".data-*"):
+            os.remove(old)
+        for source in _checkpoint_files(staging):
+            os.replace(source, best + source[len(staging):])
 
     def restore(self, sess, prefix):
         """Restore every global variable from `prefix` (one found by `newest_intact`)."""

@@ -6,6 +6,7 @@ of the validation records. Both sit behind one string-handle iterator, so a
 single graph trains or validates depending on the handle fed:
 
     feeder = Feeder(spec, datapath, batch_size=16, pixels=512, start_step=0)
+    feeder = Feeder(spec, datapath, batch_size=8, pixels=0, crop=(288, 384))  # native scale
     logits = arch.build_net(feeder.images)
     train = {feeder.handle: feeder.train_handle(sess)}
     sess.run(train_op, train)
@@ -20,10 +21,12 @@ therefore gets exactly the batches the uninterrupted run would have got.
 
 `make_eval_dataset` is the single-split pipeline of fcn_test.
 """
+import contextlib
 import math
+import re
 
 from utils import augmentation
-from utils.augmentation import AugmentParams, IMAGENET_MEAN_RGB
+from utils.augmentation import CROP_TOO_LARGE_PHRASE, AugmentParams, IMAGENET_MEAN_RGB
 from utils.datasets import IGNORE_LABEL, how_to_make, num_records, record_path
 from utils.errors import SegMentorError
 from utils.tf_records import checked_label, parse_example, read_records, records_errors
@@ -42,15 +45,24 @@ class Feeder:
 
     images: float32 [B, P, P, 3], RGB 0..255 (padding = IMAGENET_MEAN_RGB);
     labels: int32 [B, P, P], IGNORE_LABEL on padding and void.
+    With `crop` = (H, W), training batches are random H x W windows at the
+    images' own scale (augmentation.train_crop, `crop_pad` as its pad) and
+    validation runs at native size (`pixels` must be 0): a batch of images of
+    different sizes is padded bottom/right to its largest one.
     The validation subset is every n-th validation record, n = round(1 / val_fraction),
     so it spans the whole file (CamVid's val split is a few sequential clips).
     `start_step`: the training step the first batch is for (a resumed run's step).
     """
 
     def __init__(self, spec, datapath, batch_size, pixels, augment=AugmentParams(),
-                 val_fraction=0.25, seed=0, debug_overfit=0, start_step=0):
-        if pixels <= 0:
+                 val_fraction=0.25, seed=0, debug_overfit=0, start_step=0, crop=None,
+                 crop_pad=True):
+        if crop is None and pixels <= 0:
             raise SegMentorError(f"training needs a fixed size: --pixels must be > 0, got {pixels}")
+        if crop is not None and pixels != 0:
+            raise SegMentorError(f"training crops at native scale validate at native size: "
+                                 f"--pixels must be 0 with --crop, got {pixels}")
+        self.crop, self._crop_pad = crop, crop_pad
         if not 0 < val_fraction <= 1:
             raise SegMentorError(f"the validated fraction must be in (0, 1], got {val_fraction}")
         self._how_to_make = how_to_make(spec, datapath)
@@ -71,7 +83,7 @@ class Feeder:
         self.val_batches_per_pass = math.ceil(self.num_val_images / batch_size)
 
         train = self._train_dataset(spec.num_classes, batch_size, pixels, augment, seed,
-                                    debug_overfit, start_step)
+                                    debug_overfit, start_step, crop, crop_pad)
         val = self._val_dataset(spec.num_classes, batch_size, pixels)
         self.handle = tf.placeholder(tf.string, shape=[], name="feeder_handle")
         iterator = tf.data.Iterator.from_string_handle(
@@ -83,7 +95,7 @@ class Feeder:
         self._handles = {}
 
     def _train_dataset(self, num_classes, batch_size, pixels, augment, seed, debug_overfit,
-                       start_step):
+                       start_step, crop, crop_pad):
         records = read_records(self.train_path, self._how_to_make)
         if debug_overfit:
             records = records.take(debug_overfit)
@@ -100,8 +112,12 @@ class Feeder:
             # nor on where the run was resumed.
             example = parse_example(serialized)
             label = checked_label(example["label"], num_classes, IGNORE_LABEL)
+            example_seed = tf.stack([tf.cast(seed, tf.int64), index])
+            if crop:
+                return augmentation.train_crop(example["image"], label, crop, augment,
+                                               example_seed, pad=crop_pad)
             return augmentation.train_sizing(example["image"], label, pixels, augment,
-                                             tf.stack([tf.cast(seed, tf.int64), index]))
+                                             example_seed)
 
         first_example = start_step * batch_size
         start_epoch, offset_in_epoch = divmod(first_example, self.num_train_images)
@@ -113,19 +129,23 @@ class Feeder:
                 .prefetch(tf.data.AUTOTUNE))
 
     def _val_dataset(self, num_classes, batch_size, pixels):
+        mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
+
         def parse_and_size(serialized):
             example = parse_example(serialized)
             label = checked_label(example["label"], num_classes, IGNORE_LABEL)
             image, label, _, _ = augmentation.eval_sizing(example["image"], label, pixels)
-            return image, label
+            return image - mean, label  # padded with 0 below: the mean once added back
 
         # Batched, then repeated: every val_batches_per_pass batches are one pass, the
         # last batch partial. One endless iterator instead of re-initialising one per
         # pass: on `shapes` (2 cores) the re-initialisation sometimes waited 4-20 s,
-        # for a pass that itself takes 0.2 s.
+        # for a pass that itself takes 0.2 s. padded_batch only pads at native size
+        # (pixels=0), where images may differ in size; at pixels > 0 all are P x P.
         return (read_records(self.val_path, self._how_to_make).shard(self._val_stride, 0)
                 .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(batch_size)
+                .padded_batch(batch_size, padding_values=(0.0, IGNORE_LABEL))
+                .map(lambda image, label: (image + mean, label))
                 .repeat()
                 .prefetch(tf.data.AUTOTUNE))
 
@@ -143,9 +163,25 @@ class Feeder:
         `val_batches_per_pass` of them is one pass over the val subset, in order."""
         return self._handle(sess, "val")
 
+    @contextlib.contextmanager
     def records_errors(self):
-        """Context manager turning a corrupt-record error in sess.run into a SegMentorError."""
-        return records_errors(self.train_path, self.val_path, how_to_make=self._how_to_make)
+        """Context manager turning a corrupt-record error in sess.run, or a training
+        image smaller than a crop that may not be padded, into a SegMentorError."""
+        try:
+            with records_errors(self.train_path, self.val_path, how_to_make=self._how_to_make):
+                yield
+        except tf.errors.InvalidArgumentError as err:
+            match = _CROP_TOO_LARGE_PATTERN.search(err.message)
+            if match is None:
+                raise
+            height, width = match.groups()
+            raise SegMentorError(
+                f"--crop {self.crop[0]} {self.crop[1]} is larger than a {height}x{width} "
+                f"training image of {self.train_path}, and --no-crop_pad forbids padding: "
+                f"give a --crop that fits the smallest image, or allow padding") from None
+
+
+_CROP_TOO_LARGE_PATTERN = re.compile(re.escape(CROP_TOO_LARGE_PHRASE) + r"\D*(\d+)\D+(\d+)")
 
 
 def make_eval_dataset(spec, datapath, split, pixels, batch_size=1):

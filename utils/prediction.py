@@ -4,6 +4,7 @@ image's own resolution.
 
     run = TrainedRun(traindir, datapath=None)   # runargs + checkpoints checked now
     checkpoint = run.checkpoint(afteriter)      # newest intact one, or snapshot fcn.ckpt_<afteriter>
+    checkpoint = run.checkpoint(best=True)      # fcn.ckpt_best of a --keep_best run
     scores = score_split(run, checkpoint, 'val', pixels=-1, on_image=save,
                          image_indices=range(4))  # ScoreAccumulator
     with SplitPredictor(run, checkpoint, 'val', pixels=-1) as split:
@@ -27,7 +28,7 @@ import tensorflow as tf2  # TF2 resize (half-pixel centres), as utils.augmentati
 
 from fcn_arch import arch_from_runargs
 from utils import augmentation
-from utils.checkpoints import (LATEST_NAME, SNAPSHOT_NAME, Checkpoint, saved_step,
+from utils.checkpoints import (BEST_NAME, LATEST_NAME, SNAPSHOT_NAME, Checkpoint, saved_step,
                                checkpoint_candidates, newest_intact, snapshot_steps)
 from utils.datasets import IGNORE_LABEL, load_dataset, num_records, record_path
 from utils.errors import SegMentorError, first_line
@@ -69,14 +70,20 @@ class TrainedRun:
             raise SegMentorError(f"no checkpoint ({LATEST_NAME}*) in {traindir}: train it first "
                                  f"with fcn_train.py, or pick another run")
 
-    def checkpoint(self, afteriter=None):
-        """The newest intact checkpoint, or snapshot fcn.ckpt_<afteriter>.
+    def checkpoint(self, afteriter=None, best=False):
+        """The newest intact checkpoint, snapshot fcn.ckpt_<afteriter>, or with `best`
+        fcn.ckpt_best (kept by fcn_train.py --keep_best).
 
-        Without `afteriter`, a damaged newest checkpoint (a save cut short) is
+        Without either, a damaged newest checkpoint (a save cut short) is
         passed over with a warning for the next one. SegMentorError, listing
         the snapshots there are, when the requested one is absent.
         """
-        if afteriter is None:
+        if best:
+            prefix = os.path.join(self.traindir, BEST_NAME)
+            if not os.path.isfile(prefix + ".index"):
+                raise SegMentorError(f"no {BEST_NAME} in {self.traindir}: only runs trained "
+                                     f"with --keep_best keep one")
+        elif afteriter is None:
             return newest_intact(self.traindir, on_skip=_warn_skipped)
         else:
             prefix = os.path.join(self.traindir, SNAPSHOT_NAME.format(step=afteriter))

@@ -107,12 +107,14 @@ def bench_settings(net):
         trainable_upsampling=False, weight_decay=None,
         batch_norm_decay=training.batch_norm_decay_for(net), class_weighting="none",
         optimizer=training.DEFAULT_OPTIMIZER, learnrate=LEARNRATE,
-        momentum=training.DEFAULT_MOMENTUM, epsilon=training.DEFAULT_EPSILON, difflr=False)
+        momentum=training.DEFAULT_MOMENTUM, epsilon=training.DEFAULT_EPSILON, difflr=False,
+        lr_policy="step", warmup_steps=0)
 
 
 def training_graph(net, spec, images, labels):
     """fcn_train.py's graph of `net` (train and eval towers), on `images` and `labels`."""
-    return training_loop.build_graph(bench_settings(net), spec, images, labels, lr_drop_steps=())
+    return training_loop.build_graph(bench_settings(net), spec, images, labels, lr_drop_steps=(),
+                                    total_steps=1)
 
 
 def bench_net(net, spec, pixels, batch_size, num_steps):

@@ -2,7 +2,8 @@
 
     weights = class_weights('median-frequency', spec)         # numpy [C] or None
     loss = segmentation_loss(logits, labels, IGNORE_LABEL, weights)
-    lr = learning_rate(3e-4, global_step, lr_drop_steps('thirds', total_steps, steps_per_epoch))
+    lr = learning_rate(3e-4, global_step, 'step', total_steps,
+                       lr_drop_steps('thirds', total_steps, steps_per_epoch), warmup_steps=0)
     train_op = make_train_op(loss, global_step, lr, 'adam', 0.9, 1e-8,
                              *trainable_pretrained_and_new(arch))
 
@@ -160,16 +161,64 @@ def lr_drop_steps(schedule, total_steps, steps_per_epoch, drop_epochs=()):
     return LR_SCHEDULES[schedule](total_steps, steps_per_epoch, drop_epochs)
 
 
-def learning_rate(base_lr, global_step, drop_steps):
-    """float32 scalar: base_lr / LR_DROP_FACTOR**(number of drop steps <= global_step).
+# Exponent of the poly policy: DeepLab's and the PSPNet/mmseg recipes' 0.9.
+POLY_POWER = 0.9
 
-    A step runs with the rate of the global step it starts from, so the first
-    step at the lower rate is exactly `drop_steps[i]`.
-    """
+
+def _stepwise(base_lr, progress, drop_steps, step):
+    """base_lr / LR_DROP_FACTOR**(number of drop steps <= step): one of LR_SCHEDULES' plans."""
     if not drop_steps:
-        return tf.constant(base_lr, tf.float32, name="learning_rate")
-    num_drops = tf.add_n([tf.cast(global_step >= step, tf.float32) for step in drop_steps])
-    return tf.multiply(base_lr, tf.pow(1.0 / LR_DROP_FACTOR, num_drops), name="learning_rate")
+        return tf.constant(base_lr, tf.float32)
+    num_drops = tf.add_n([tf.cast(step >= drop, tf.float32) for drop in drop_steps])
+    return base_lr * tf.pow(1.0 / LR_DROP_FACTOR, num_drops)
+
+
+def _poly(base_lr, progress, drop_steps, step):
+    """base_lr * (1 - progress)**POLY_POWER: falls ever faster towards 0 at the end."""
+    return base_lr * tf.pow(1.0 - progress, POLY_POWER)
+
+
+def _cosine(base_lr, progress, drop_steps, step):
+    """base_lr * (1 + cos(pi * progress)) / 2: half a cosine from base_lr down to 0."""
+    return base_lr * 0.5 * (1.0 + tf.cos(np.pi * progress))
+
+
+# --lr_policy: name -> rate(base_lr, progress, drop_steps, step), every argument but
+# base_lr and drop_steps a float32 tensor; progress runs from 0 at the end of warmup
+# to 1 at the planned last step.
+LR_POLICIES = {
+    "step": _stepwise,   # the default: drops at LR_SCHEDULES' steps (--decaylr, ...)
+    "poly": _poly,
+    "cosine": _cosine,
+}
+
+
+def learning_rate(base_lr, global_step, policy, total_steps, drop_steps=(), warmup_steps=0):
+    """float32 scalar: the rate of the step that starts at `global_step`.
+
+    LR_POLICIES[policy], times a linear warmup: step s < warmup_steps runs at
+    (s + 1) / warmup_steps of the policy's rate, so the first step already
+    moves and step warmup_steps - 1 reaches the full rate. Poly and cosine
+    decay over the steps after warmup: the rate at `warmup_steps` is
+    `base_lr`, the last step (total_steps - 1) runs just above 0. With the step
+    policy a step runs with the rate of the global step it starts from, so the
+    first step at a lower rate is exactly `drop_steps[i]`.
+    """
+    step = tf.cast(global_step, tf.float32)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = tf.clip_by_value((step - warmup_steps) / decay_steps, 0.0, 1.0)
+    rate = LR_POLICIES[policy](base_lr, progress, list(drop_steps), step)
+    if warmup_steps:
+        rate *= tf.minimum(1.0, (step + 1.0) / warmup_steps)
+    return tf.identity(rate, name="learning_rate")
+
+
+def check_warmup(warmup_steps, total_steps):
+    """SegMentorError unless warmup ends before training does."""
+    if warmup_steps >= total_steps:
+        raise SegMentorError(f"--warmup_steps {warmup_steps} is not shorter than the "
+                             f"{total_steps} training steps: lower --warmup_steps or raise "
+                             f"--epochs")
 
 
 # --- Optimizers ----------------------------------------------------------------------
@@ -183,6 +232,10 @@ OPTIMIZERS = {
         lr, beta1=momentum, epsilon=epsilon),
     # Plain SGD with momentum, as in the FCN paper; epsilon is Adam's alone.
     "momentum": lambda lr, momentum, epsilon: tf.train.MomentumOptimizer(lr, momentum),
+    # SGD with Nesterov momentum (the gradient taken at the look-ahead point), the usual
+    # choice of from-scratch segmentation recipes with poly or cosine decay.
+    "nesterov": lambda lr, momentum, epsilon: tf.train.MomentumOptimizer(lr, momentum,
+                                                                         use_nesterov=True),
 }
 
 # Batch-norm moving averages keep decay**t of their start value after t steps, and the

@@ -1,9 +1,9 @@
 """A training run step by step: its step plan, its graph, validation, logging and the loop.
 
     plan = make_plan(settings, num_train_images)    # StepPlan, saved in runargs
-    graph = build_graph(settings, spec, images, labels, plan.lr_drop_steps)
+    graph = build_graph(settings, spec, images, labels, plan.lr_drop_steps, plan.total_steps)
     init = initialise(sess, keeper, resume_from, restore_pretrained)
-    loop = TrainingLoop(sess, graph, feeder, spec, plan, keeper, log, events)
+    loop = TrainingLoop(sess, graph, feeder, spec, plan, keeper, log, events, keep_best=True)
     loop.log_start('start', init, run_dir); signal_name = loop.run()
     finish(run_dir, log, loop.step, plan.total_steps, signal_name, secs)
 
@@ -73,9 +73,13 @@ def _lr_schedule_name(settings):
 
 
 def make_plan(settings, num_train_images):
-    """The StepPlan of a new run: from its settings and the training set's size."""
+    """The StepPlan of a new run: from its settings and the training set's size.
+
+    SegMentorError when the lr warmup would not end before training does.
+    """
     steps_per_epoch = math.ceil(num_train_images / settings.batch_size)
     total_steps = settings.epochs * steps_per_epoch
+    training.check_warmup(settings.warmup_steps, total_steps)
     return StepPlan(
         train_images=num_train_images,
         batch_size=settings.batch_size,
@@ -128,11 +132,12 @@ class TrainGraph:
                     lr=self.lr)
 
 
-def build_graph(settings, spec, images, labels, lr_drop_steps):
+def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
     """Train tower, eval tower (shared variables), loss, lr schedule and train op.
 
-    images float32 [B, P, P, 3] RGB 0..255, labels int32 [B, P, P] (IGNORE_LABEL
-    where unknown), e.g. a Feeder's.
+    images float32 [B, H, W, 3] RGB 0..255, labels int32 [B, H, W] (IGNORE_LABEL
+    where unknown), e.g. a Feeder's. The lr follows settings.lr_policy with
+    settings.warmup_steps over the plan's `total_steps` and `lr_drop_steps`.
     """
     runargs = vars(settings)
     train_arch = fcn_arch.arch_from_runargs(runargs, spec.num_classes, is_training=True)
@@ -144,7 +149,8 @@ def build_graph(settings, spec, images, labels, lr_drop_steps):
     weights = training.class_weights(settings.class_weighting, spec)
     loss = training.segmentation_loss(train_logits, labels, IGNORE_LABEL, weights)
     global_step = tf.train.get_or_create_global_step()
-    lr = training.learning_rate(settings.learnrate, global_step, list(lr_drop_steps))
+    lr = training.learning_rate(settings.learnrate, global_step, settings.lr_policy, total_steps,
+                                lr_drop_steps, settings.warmup_steps)
     objective = loss + tf.losses.get_regularization_loss()
     train_op = training.make_train_op(objective, global_step, lr, settings.optimizer,
                                       settings.momentum, settings.epsilon,
@@ -259,14 +265,34 @@ def diverged(what, step, run_dir, lastsaved_step):
 
 # --- The loop ------------------------------------------------------------------------------
 
-class TrainingLoop:
-    """Steps until the planned step or a stop signal; logs, validates and saves on the way."""
+BEST_EVENT = "best_checkpoint"  # runlog event of each fcn.ckpt_best save (step, val_miou)
 
-    def __init__(self, sess, graph, feeder, spec, plan, keeper, log, events):
+
+def best_miou_so_far(runlog_path):
+    """val mIoU of the run's fcn.ckpt_best, from its runlog (-inf when there is none).
+
+    The event is written after the checkpoint, so a resumed run never believes
+    in a best it does not have.
+    """
+    if not os.path.exists(runlog_path):
+        return -math.inf
+    return max((line["val_miou"] for line in parse_runlog(runlog_path)
+                if line.get("event") == BEST_EVENT), default=-math.inf)
+
+
+class TrainingLoop:
+    """Steps until the planned step or a stop signal; logs, validates and saves on the way.
+
+    With `keep_best`, each validation that beats the best val mIoU so far
+    (across resumes) also replaces fcn.ckpt_best.
+    """
+
+    def __init__(self, sess, graph, feeder, spec, plan, keeper, log, events, keep_best=False):
         self.sess, self.graph, self.feeder, self.spec, self.plan = sess, graph, feeder, spec, plan
         self.keeper, self.log, self.events = keeper, log, events
         self.step = int(sess.run(graph.global_step))
         self.lastsaved_step = self.step or None  # a resumed run starts from a saved step
+        self.best_miou = best_miou_so_far(log.path) if keep_best else None
         self.window = TrainWindow(spec.num_classes)
         self.bar = None
 
@@ -340,6 +366,10 @@ class TrainingLoop:
                                 self.step)
         self.events.add_summary(images, self.step)
         self.events.flush()
+        if self.best_miou is not None and val_miou > self.best_miou:
+            self.keeper.save_best(self.sess)
+            self.best_miou = val_miou
+            self.log.event(BEST_EVENT, step=self.step, val_miou=val_miou)
 
     def save(self, snapshot):
         if not self.sess.run(self.graph.weights_finite):
@@ -353,7 +383,7 @@ class TrainingLoop:
 
 def summary_line(run_dir, step, secs):
     val_lines = [line for line in parse_runlog(os.path.join(run_dir, RUNLOG_FILE))
-                 if "val_miou" in line and math.isfinite(line["val_miou"])]
+                 if "val_miou" in line and "event" not in line and math.isfinite(line["val_miou"])]
     if not val_lines:
         return f"finished {run_dir} at step {step} in {secs / 60:.1f} min"
     best = max(val_lines, key=lambda line: line["val_miou"])
