@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from utils.augmentation import (IMAGENET_MEAN_RGB, NO_AUGMENT, AugmentParams, eval_image_sizing,
-                                eval_sizing, train_sizing)
+from utils.augmentation import (CROP_TOO_LARGE_PHRASE, IMAGENET_MEAN_RGB, NO_AUGMENT,
+                                AugmentParams, eval_image_sizing, eval_sizing, photometric,
+                                train_crop, train_sizing)
 from utils.datasets import IGNORE_LABEL
 from utils.tfcompat import tf
 
@@ -133,3 +134,80 @@ def test_bad_ranges_are_rejected():
         AugmentParams(scale_range=(1.2, 0.8))
     with pytest.raises(ValueError, match="stretch_range"):
         AugmentParams(stretch_range=(0.0, 1.0))
+
+
+# --- crops at the image's own scale (--crop), photometric augmentation -----------------------
+
+def _crop(crop_size, params=NO_AUGMENT, seed=(0, 0), pad=True):
+    return _run(lambda i, l: train_crop(i, l, crop_size, params, tf.constant(seed, tf.int64),
+                                        pad=pad))
+
+
+def test_a_crop_smaller_than_the_image_is_a_window_of_it_without_padding():
+    image, label = _crop((32, 40))  # HEIGHT x WIDTH = 48 x 64: cut, no resize, no padding
+    assert image.shape == (32, 40, 3) and label.shape == (32, 40)
+    assert (label != IGNORE_LABEL).all()
+    # A window at native scale: neighbouring pixels come from neighbouring source pixels.
+    np.testing.assert_array_equal(np.diff(image[..., 0], axis=1), CODE_STEP)
+    np.testing.assert_array_equal(np.diff(image[..., 1], axis=0), CODE_STEP)
+    assert _misaligned_fraction(image, label) == 0
+
+
+def test_a_crop_larger_than_the_image_pads_only_the_missing_part():
+    image, label = _crop((56, 40))  # 8 rows more than the image has, 24 columns fewer
+    assert image.shape == (56, 40, 3) and label.shape == (56, 40)
+    padded_rows = (label == IGNORE_LABEL).all(axis=1)
+    assert padded_rows.sum() == 56 - HEIGHT and (label[~padded_rows] != IGNORE_LABEL).all()
+    np.testing.assert_allclose(image[padded_rows], np.broadcast_to(
+        IMAGENET_MEAN_RGB, image[padded_rows].shape), atol=1e-4)
+
+
+def test_crops_of_scale_augmented_images_stay_aligned():
+    with tf.Graph().as_default():
+        image, label = _coordinate_pair()
+        seed = tf.placeholder(tf.int64, [2])
+        outputs = train_crop(tf.constant(image), tf.constant(label), (24, 36), STRONG, seed)
+        with tf.Session() as sess:
+            for i in range(8):
+                image_out, label_out = sess.run(outputs, {seed: [5, i]})
+                assert image_out.shape == (24, 36, 3) and label_out.shape == (24, 36)
+                assert _misaligned_fraction(image_out, label_out) == 0
+
+
+def test_without_padding_the_scale_is_raised_to_cover_the_crop():
+    shrink = AugmentParams(flip=False, scale_range=(0.5, 0.5), stretch_range=(1.0, 1.0))
+    _, label = _crop((40, 60), shrink, pad=False)  # 0.5 x 48x64 = 24x32 would not cover it
+    assert label.shape == (40, 60) and (label != IGNORE_LABEL).all()
+    _, padded = _crop((40, 60), shrink, pad=True)
+    assert (padded == IGNORE_LABEL).sum() == 40 * 60 - 24 * 32
+
+
+def test_without_padding_a_crop_larger_than_the_image_fails_naming_its_size():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=CROP_TOO_LARGE_PHRASE) as error:
+        _crop((56, 40), pad=False)
+    assert f"{HEIGHT}" in error.value.message and f"{WIDTH}" in error.value.message
+
+
+def test_photometric_changes_colours_in_range_and_leaves_the_label_alone():
+    seed = (4, 2)
+    colour = AugmentParams(flip=False, scale_range=(1.0, 1.0), stretch_range=(1.0, 1.0),
+                           photometric=True)
+    plain_image, plain_label = _crop((32, 40), NO_AUGMENT, seed)
+    image, label = _crop((32, 40), colour, seed)
+    np.testing.assert_array_equal(label, plain_label)  # the same window
+    assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 255
+    assert np.abs(image - plain_image).mean() > 1
+    again, _ = _crop((32, 40), colour, seed)
+    np.testing.assert_array_equal(image, again)  # stateless: same seed, same colours
+    other, _ = _crop((32, 40), colour, (4, 3))
+    assert not np.array_equal(image, other)
+
+
+def test_photometric_keeps_values_in_range_for_extreme_images():
+    with tf.Graph().as_default(), tf.Session() as sess:
+        extremes = tf.constant(np.stack([np.zeros((4, 4, 3)), np.full((4, 4, 3), 255.0)]),
+                               tf.float32)
+        for i in range(6):
+            for image in sess.run([photometric(extremes[0], tf.constant([i, 0], tf.int64)),
+                                   photometric(extremes[1], tf.constant([i, 1], tf.int64))]):
+                assert image.min() >= 0 and image.max() <= 255

@@ -196,3 +196,51 @@ def test_eval_dataset_with_pixels_resizes_and_keeps_native_labels(tmp_path):
     np.testing.assert_array_equal(batch["valid_width"], [16, 12])
     assert batch["native_label"].shape == (2, 24, 30)
     assert (batch["native_label"][0, :20, :30] == 0).all() and (batch["native_label"][0, 20:] == IGNORE_LABEL).all()
+
+
+# --- --crop runs (native-scale windows, native-size validation), --val_fraction ---------------
+
+def test_crop_batches_are_windows_and_validation_covers_every_val_image_at_native_size(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=0, crop=(16, 24),
+                        val_fraction=1, augment=NO_AUGMENT)
+        assert (feeder.num_val_images, feeder.val_batches_per_pass) == (5, 3)
+        with tf.Session() as sess:
+            images, labels = sess.run([feeder.images, feeder.labels],
+                                      {feeder.handle: feeder.train_handle(sess)})
+            assert images.shape == (2, 16, 24, 3) and labels.shape == (2, 16, 24)
+            assert (labels != IGNORE_LABEL).all()  # 20x30 images: cut, never padded
+            val_feed = {feeder.handle: feeder.val_handle(sess)}
+            seen = []
+            for _ in range(feeder.val_batches_per_pass):
+                images, labels = sess.run([feeder.images, feeder.labels], val_feed)
+                seen += [int(np.median(label[label != IGNORE_LABEL])) for label in labels]
+                # A batch of 20x30 and 24x18 images: padded to 24x30, the image with the mean.
+                assert images.shape[1:3] == labels.shape[1:3] == (
+                    (24, 30) if len(labels) == 2 else (20, 30))
+                padding = labels == IGNORE_LABEL
+                np.testing.assert_allclose(images[padding], np.broadcast_to(
+                    IMAGENET_MEAN_RGB, images[padding].shape), atol=1e-4)
+    assert seen == [0, 1, 2, 3, 4]  # every val record, once, in file order
+
+
+def test_a_crop_larger_than_the_images_without_padding_is_one_line(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=0, crop=(24, 24),
+                        crop_pad=False)
+        with tf.Session() as sess, pytest.raises(SegMentorError) as error:
+            with feeder.records_errors():
+                sess.run(feeder.images, {feeder.handle: feeder.train_handle(sess)})
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("--crop 24 24 is larger than a 20x30 training image of ")
+    assert message.endswith("--no-crop_pad forbids padding: give a --crop that fits the smallest "
+                            "image, or allow padding")
+
+
+def test_crop_runs_validate_at_native_size_only(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default(), pytest.raises(SegMentorError, match="--pixels must be 0"):
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, crop=(16, 16))

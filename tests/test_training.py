@@ -202,6 +202,43 @@ def test_learning_rate_at_steps(schedule, drop_epochs, expected):
     assert values == pytest.approx(expected, rel=1e-6)
 
 
+POLY_WARMUP = {0: 0.05, 1: 0.1, 2: 0.1, 6: 0.1 * 0.5 ** 0.9, 9: 0.1 * (1 / 8) ** 0.9}
+COSINE_WARMUP = {0: 0.05, 1: 0.1, 2: 0.1, 6: 0.05, 9: 0.05 * (1 + np.cos(7 * np.pi / 8))}
+
+
+@pytest.mark.parametrize("policy, drops, expected", [
+    # Base 0.1, 10 steps, warmup 2: steps 0-1 at 1/2 and 2/2 of the rate, then the
+    # decay runs over steps 2..10 (progress (step - 2) / 8).
+    ("poly", (), POLY_WARMUP),
+    ("cosine", (), COSINE_WARMUP),
+    ("step", (1, 8), {0: 0.05, 1: 0.01, 7: 0.01, 8: 0.001, 9: 0.001}),  # warmup times the drops
+])
+def test_lr_policies_with_warmup_at_chosen_steps(policy, drops, expected):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        step = tf.placeholder(tf.int64, [])
+        lr = training.learning_rate(0.1, step, policy, total_steps=10, drop_steps=drops,
+                                    warmup_steps=2)
+        values = {s: sess.run(lr, {step: s}) for s in expected}
+    assert values == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["poly", "cosine"])
+def test_poly_and_cosine_start_at_the_base_rate_without_warmup(policy):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        step = tf.placeholder(tf.int64, [])
+        lr = training.learning_rate(0.1, step, policy, total_steps=4)
+        assert sess.run(lr, {step: 0}) == pytest.approx(0.1)
+        assert 0 < sess.run(lr, {step: 3}) < sess.run(lr, {step: 2}) < 0.1
+
+
+def test_warmup_not_shorter_than_training_is_one_line():
+    with pytest.raises(SegMentorError, match=r"^--warmup_steps 9 is not shorter than the 9 "
+                                             r"training steps: lower --warmup_steps or raise "
+                                             r"--epochs$"):
+        training_loop.make_plan(plan_settings(warmup_steps=9), num_train_images=10)
+    assert training_loop.make_plan(plan_settings(warmup_steps=8), 10).total_steps == 9
+
+
 # --- optimizer ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("optimizer", list(training.OPTIMIZERS))
@@ -264,6 +301,59 @@ def test_saves_write_latest_snapshots_and_the_state_file(tmp_path):
     assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_15"), "global_step") == 15
     assert tf.train.load_variable(str(tmp_path / "fcn.ckpt"), "global_step") == 20
     assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_prev"), "global_step") == 15
+
+
+class _NoEvents:
+    def add_summary(self, *args):
+        pass
+
+    def flush(self):
+        pass
+
+
+def test_best_checkpoint_is_replaced_only_when_val_miou_improves(tmp_path, monkeypatch):
+    val_mious = iter([0.3, 0.2, 0.5, 0.4, 0.45])
+    monkeypatch.setattr(training_loop, "validate",
+                        lambda *args: (1.0, next(val_mious), None))
+    best = tmp_path / checkpoints.BEST_NAME
+
+    def best_step():
+        return tf.train.load_variable(str(best), "global_step")
+
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        sess.run(tf.global_variables_initializer())
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        graph = SimpleNamespace(global_step=global_step)
+        spec = SimpleNamespace(num_classes=2)
+
+        def validate_at(loop, step):
+            sess.run(tf.assign(global_step, step))
+            loop.step = step
+            loop.validate()
+
+        with run_folder.RunLog(str(tmp_path)) as log:
+            loop = training_loop.TrainingLoop(sess, graph, None, spec, None, keeper, log,
+                                              _NoEvents(), keep_best=True)
+            validate_at(loop, 10)                     # 0.3: the first is the best so far
+            assert best_step() == 10
+            validate_at(loop, 20)                     # 0.2: kept the step-10 state
+            assert best_step() == 10
+            validate_at(loop, 30)                     # 0.5: replaced
+            assert best_step() == 30
+        # A resumed run knows the best from the runlog: 0.4 is no gain, 0.45 neither.
+        with run_folder.RunLog(str(tmp_path)) as log:
+            loop = training_loop.TrainingLoop(sess, graph, None, spec, None, keeper, log,
+                                              _NoEvents(), keep_best=True)
+            assert loop.best_miou == 0.5
+            validate_at(loop, 40)
+            validate_at(loop, 50)
+    assert best_step() == 30
+    best_lines = [line for line in run_folder.parse_runlog(str(tmp_path / "runlog"))
+                  if line.get("event") == training_loop.BEST_EVENT]
+    assert [(line["step"], line["val_miou"]) for line in best_lines] == [(10, 0.3), (30, 0.5)]
+    assert checkpoints.newest_intact(str(tmp_path)) is None  # never a resume candidate
+    assert not list(tmp_path.glob(".*"))  # no staging files left
 
 
 def restore_newest(sess, keeper, run_dir, skipped=None):
