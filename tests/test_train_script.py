@@ -294,6 +294,68 @@ def test_resuming_a_finished_run_says_so_in_one_line(interrupted_run):
     assert (interrupted_run["run_dir"] / RUNLOG_FILE).read_text() == runlog_before
 
 
+# --- The real-data recipe: crops, poly lr with warmup, nesterov, photometric, best checkpoint ---
+
+RECIPE_CROP = (48, 56)   # smaller than the 64 px images: windows at native scale
+RECIPE_BATCH_SIZE = 4    # 2 steps per epoch
+RECIPE_STEPS = NUM_IMAGES["train"] // RECIPE_BATCH_SIZE
+
+
+@pytest.fixture(scope="module")
+def recipe_run(datapath, tmp_path_factory):
+    """A 2-step run with every recipe flag, validated (whole val split) after each step."""
+    runs_dir = tmp_path_factory.mktemp("recipe_runs")
+    process = start_training(*train_args(
+        datapath, runs_dir, "--fcn8", "--crop", *map(str, RECIPE_CROP), "--lr_policy", "poly",
+        "--warmup_steps", "1", "--optimizer", "nesterov", "--learnrate", "0.01",
+        "--weight_decay", "1e-4", "--photometric", "--class_weighting", "median-frequency",
+        "--val_fraction", "1", "--keep_best", "--batch_size", str(RECIPE_BATCH_SIZE),
+        "--epochs", "1", "--val_every", "1"))
+    _, stderr = process.communicate(timeout=RUN_TIMEOUT_SECS)
+    assert process.returncode == 0, stderr
+    (run_dir,) = run_folders(runs_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_the_recipe_flags_are_saved_and_resolve_to_native_size_evaluation(recipe_run):
+    runargs = read_runargs(recipe_run)
+    assert {k: runargs[k] for k in ("crop", "crop_pad", "pixels", "lr_policy", "warmup_steps",
+                                    "optimizer", "photometric", "val_fraction", "keep_best",
+                                    "total_steps", "lr_drop_steps")} == dict(
+        crop=list(RECIPE_CROP), crop_pad=True, pixels=0, lr_policy="poly", warmup_steps=1,
+        optimizer="nesterov", photometric=True, val_fraction=1.0, keep_best=True,
+        total_steps=RECIPE_STEPS, lr_drop_steps=[])  # poly has no drops
+
+
+@pytest.mark.slow
+def test_the_recipe_run_validates_on_every_val_image_and_keeps_its_best(recipe_run):
+    lines = parse_runlog(recipe_run / RUNLOG_FILE)
+    assert lines[0]["val_images"] == NUM_IMAGES["val"]
+    # Warmup of 1 step: step 0 runs at (0 + 1) / 1 of the rate; poly decays from step 1,
+    # where it starts at the full rate (exact values at more steps: tests/test_training.py).
+    assert [line["lr"] for line in lines if "lr" in line] == pytest.approx([0.01, 0.01])
+    val_mious = [line["val_miou"] for line in lines if "val_miou" in line and "event" not in line]
+    best = [line for line in lines if line.get("event") == training_loop.BEST_EVENT]
+    assert len(val_mious) == RECIPE_STEPS and best[0]["step"] == 1
+    assert [line["val_miou"] for line in best] == [
+        m for i, m in enumerate(val_mious) if m > max(val_mious[:i], default=-1)]
+    assert saved_step(recipe_run / "fcn.ckpt_best") == best[-1]["step"]
+
+
+@pytest.mark.slow
+def test_fcn_test_scores_a_crop_run_at_native_size_and_its_best_checkpoint(recipe_run, tmp_path):
+    import fcn_test  # noqa: E402 (only this test needs it)
+    for extra, checkpoint in (([], "fcn.ckpt"), (["--best"], "fcn.ckpt_best")):
+        outdir = tmp_path / checkpoint
+        assert run_main(fcn_test.main, fcn_test.build_parser(), [
+            "--traindir", str(recipe_run), "--outdir", str(outdir), "--last2viz", "0",
+            *extra]) == 0
+        metrics = json.loads((outdir / "metrics.json").read_text())
+        assert (metrics["pixels"], metrics["num_images"], metrics["checkpoint"]) == (
+            0, NUM_IMAGES["val"], checkpoint)
+
+
 # --- The graph of every net and option, built but not run ---------------------------------------
 
 GRAPH_SPEC = DatasetSpec(name="toy", class_names=("sky", "road", "car"),
@@ -343,6 +405,20 @@ def test_the_training_graph_builds_with_every_option():
     update_scopes = {op.name.split("/")[0] for op in graph.get_operations()
                      if op.type.endswith("ApplyMomentum")}
     assert len(update_scopes) == 2
+
+
+@pytest.mark.parametrize("arch", list(fcn_arch.ARCHS))
+def test_weight_decay_reaches_every_decoder_convolution(arch):
+    graph, _ = build_training_graph("--basenet", "mobilenet_v1", "--fcn8", "--extended_arch",
+                                    arch, "--weight_decay", "0.001", "--scratch")
+    decoder_convs = {v.op.name.rsplit("/", 1)[0]
+                     for v in graph.get_collection(tf.GraphKeys.TRAINABLE_VARIABLES)
+                     if v.op.name.startswith(fcn_arch.DECODER_SCOPE + "/")
+                     and v.op.name.endswith("/weights")}
+    # Each L2 term is named <layer>/kernel/Regularizer/... (tf_slim builds Keras layers).
+    regularized = {loss.op.name.split("/kernel/Regularizer/")[0]
+                   for loss in graph.get_collection(tf.GraphKeys.REGULARIZATION_LOSSES)}
+    assert decoder_convs and decoder_convs <= regularized
 
 
 # --- Errors -----------------------------------------------------------------------------------
@@ -418,6 +494,14 @@ def test_missing_pretrained_checkpoint_says_where_and_leaves_no_folder(datapath,
     (["--debug_overfit", "4", "--no-flip"], "--debug_overfit trains without augmentation, so "
                                             "--flip would be unused"),
     (["--resume", "tmp/x", "--epochs", "3"], "--resume takes every setting from tmp/x/runargs"),
+    (["--lr_policy", "poly", "--decaylr"], "--decaylr sets the drops of --lr_policy step; "
+                                           "--lr_policy poly has none"),
+    (["--crop", "64", "64", "--pixels", "64"], "--pixels would be unused: drop one of them"),
+    (["--no-crop_pad"], "--no-crop_pad is about --crop windows"),
+    (["--crop", "64"], "argument --crop: expected 2 arguments"),
+    (["--val_fraction", "0"], "argument --val_fraction: must be > 0 and <= 1, got 0"),
+    (["--lr_policy", "linear"], "argument --lr_policy: invalid choice: 'linear'"),
+    (["--debug_overfit", "4", "--photometric"], "--photometric would be unused"),
 ])
 def test_bad_flags_give_one_line_and_exit_code_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -434,6 +518,15 @@ def test_flag_values_at_their_limits_are_accepted():
          "-g", "-1"])
     assert (args.momentum, args.flip, args.scale_range, args.lr_schedule, args.gpu) == (
         0.0, False, [1.0, 1.0], [1.0, 2.5], -1)
+
+
+def test_warmup_longer_than_training_is_one_line_and_makes_no_folder(datapath, tmp_path, capsys):
+    code, stderr = run_in_process(train_args(datapath, tmp_path, "--epochs", "1",
+                                             "--warmup_steps", str(STEPS_PER_EPOCH)), capsys)
+    assert code == 2 and stderr == [
+        f"fcn_train.py: error: --warmup_steps {STEPS_PER_EPOCH} is not shorter than the "
+        f"{STEPS_PER_EPOCH} training steps: lower --warmup_steps or raise --epochs"]
+    assert not list(tmp_path.iterdir())
 
 
 def test_user_errors_reach_the_shell_as_one_line_without_traceback(datapath, tmp_path):

@@ -457,7 +457,7 @@ def test_batch_norm_decay_is_the_default_for_nets_with_batch_norm_only():
 
 def plan_settings(**changes):
     settings = dict(batch_size=4, epochs=3, lr_schedule=None, decaylr=True, constantlr=False,
-                    warmup_steps=0, log_every=1,
+                    lr_policy="step", warmup_steps=0, log_every=1,
                     val_every=None, save_every=None, snapshot_every=None, dataset="toy")
     return SimpleNamespace(**{**settings, **changes})
 

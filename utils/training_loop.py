@@ -65,6 +65,9 @@ PLAN_KEYS = tuple(field.name for field in dataclasses.fields(StepPlan))
 
 
 def _lr_schedule_name(settings):
+    """The LR_SCHEDULES entry of the step policy's drops; poly and cosine have none."""
+    if settings.lr_policy != "step":
+        return "constant"
     if settings.lr_schedule:
         return "epochs"
     if settings.decaylr:
