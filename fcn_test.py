@@ -2,6 +2,7 @@
 
     python fcn_test.py --traindir tmp/20240131_mobilenet_v1__1            # scores on 'val'
     python fcn_test.py --traindir tmp/... --afteriter 3000 --save_predictions
+    python fcn_test.py --traindir tmp/... --best     # fcn.ckpt_best of a --keep_best run
     python fcn_test.py --traindir tmp/... --imagepath photos/ --moviepath street.mp4
 
 The network is rebuilt from the run's `runargs`, and its dataset is read from
@@ -72,8 +73,9 @@ def build_parser():
                              "runargs); for data that moved since training")
     parser.add_argument("--pixels", type=bounded(int, low=PIXELS_AS_TRAINED),
                         default=PIXELS_AS_TRAINED,
-                        help="network input size: -1 as in training (default), 0 each image "
-                             "at its native size, >0 larger side scaled to it")
+                        help="network input size: -1 as in training (default; native size for "
+                             "runs trained with --crop), 0 each image at its native size, >0 "
+                             "larger side scaled to it")
     parser.add_argument("--first2viz", type=bounded(int, low=0), default=0,
                         help="first image index drawn as image | prediction | truth (default: 0)")
     parser.add_argument("--last2viz", type=bounded(int, low=0), default=4,

@@ -166,7 +166,8 @@ def build_parser():
                       help="random horizontal flips of training images (default: %(default)s)")
     data.add_argument("--scale_range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
                       default=list(DEFAULT_AUGMENT.scale_range),
-                      help="random size factor of training images, drawn uniformly "
+                      help="random size factor of training images, drawn uniformly, on top "
+                           "of the --pixels sizing, or of the native size with --crop "
                            "(default: %(default)s; 1 1 = off)")
     data.add_argument("--stretch_range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
                       default=list(DEFAULT_AUGMENT.stretch_range),

@@ -346,6 +346,7 @@ def test_the_recipe_run_validates_on_every_val_image_and_keeps_its_best(recipe_r
 @pytest.mark.slow
 def test_fcn_test_scores_a_crop_run_at_native_size_and_its_best_checkpoint(recipe_run, tmp_path):
     import fcn_test  # noqa: E402 (only this test needs it)
+    scores = {}
     for extra, checkpoint in (([], "fcn.ckpt"), (["--best"], "fcn.ckpt_best")):
         outdir = tmp_path / checkpoint
         assert run_main(fcn_test.main, fcn_test.build_parser(), [
@@ -354,6 +355,14 @@ def test_fcn_test_scores_a_crop_run_at_native_size_and_its_best_checkpoint(recip
         metrics = json.loads((outdir / "metrics.json").read_text())
         assert (metrics["pixels"], metrics["num_images"], metrics["checkpoint"]) == (
             0, NUM_IMAGES["val"], checkpoint)
+        scores[checkpoint] = metrics["miou"]
+    # Validation of the whole split during training is fcn_test's computation: the same
+    # mIoU for the same weights (the runlog keeps 4 significant digits).
+    lines = parse_runlog(recipe_run / RUNLOG_FILE)
+    last_val = [line for line in lines if "val_miou" in line and "event" not in line][-1]
+    best = [line for line in lines if line.get("event") == training_loop.BEST_EVENT][-1]
+    assert scores["fcn.ckpt"] == pytest.approx(last_val["val_miou"], rel=1e-3)
+    assert scores["fcn.ckpt_best"] == pytest.approx(best["val_miou"], rel=1e-3)
 
 
 # --- The graph of every net and option, built but not run ---------------------------------------

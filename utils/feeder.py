@@ -38,6 +38,8 @@ SHUFFLE_BUFFER_RECORDS = 1000
 # Epoch e of a run seeded s shuffles with seed s * EPOCH_SEED_STRIDE + e: distinct
 # for every (s, e) as long as a run has fewer epochs than this.
 EPOCH_SEED_STRIDE = 1 << 20
+# The failed check of a crop that may not be padded: the phrase, then the image's height, width.
+_CROP_TOO_LARGE_PATTERN = re.compile(re.escape(CROP_TOO_LARGE_PHRASE) + r"\D*(\d+)\D+(\d+)")
 
 
 class Feeder:
@@ -180,8 +182,6 @@ class Feeder:
                 f"training image of {self.train_path}, and --no-crop_pad forbids padding: "
                 f"give a --crop that fits the smallest image, or allow padding") from None
 
-
-_CROP_TOO_LARGE_PATTERN = re.compile(re.escape(CROP_TOO_LARGE_PHRASE) + r"\D*(\d+)\D+(\d+)")
 
 
 def make_eval_dataset(spec, datapath, split, pixels, batch_size=1):

@@ -113,8 +113,8 @@ def bench_settings(net):
 
 def training_graph(net, spec, images, labels):
     """fcn_train.py's graph of `net` (train and eval towers), on `images` and `labels`."""
-    return training_loop.build_graph(bench_settings(net), spec, images, labels, lr_drop_steps=(),
-                                    total_steps=1)
+    return training_loop.build_graph(bench_settings(net), spec, images, labels,
+                                     lr_drop_steps=(), total_steps=1)
 
 
 def bench_net(net, spec, pixels, batch_size, num_steps):
