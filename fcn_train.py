@@ -155,7 +155,8 @@ def build_parser():
                       help="pad --crop windows where the augmented image is smaller; with "
                            "--no-crop_pad the size factor is raised until the image covers "
                            "the window, and an image smaller than the window at native size "
-                           "stops training with one error line (default: %(default)s)")
+                           "stops training with one error line (the first image is checked "
+                           "before the run starts) (default: %(default)s)")
     data.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                       help="images per step (default: %(default)s)")
     data.add_argument("--class_weighting", choices=list(training.CLASS_WEIGHTINGS),

@@ -225,19 +225,31 @@ def test_crop_batches_are_windows_and_validation_covers_every_val_image_at_nativ
     assert seen == [0, 1, 2, 3, 4]  # every val record, once, in file order
 
 
-def test_a_crop_larger_than_the_images_without_padding_is_one_line(tmp_path):
+CROP_TOO_LARGE_END = ("--no-crop_pad forbids padding: give a --crop that fits the smallest "
+                      "image, or allow padding")
+
+
+def test_a_crop_larger_than_the_first_image_without_padding_fails_before_any_graph(tmp_path):
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default(), pytest.raises(SegMentorError) as error:
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=0, crop=(24, 24), crop_pad=False)
+    assert str(error.value) == (f"--crop 24 24 is larger than a 20x30 training image of "
+                                f"{record_path(spec, str(tmp_path), 'train')}, and "
+                                + CROP_TOO_LARGE_END)
+
+
+def test_a_crop_larger_than_a_later_image_without_padding_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(SIZES, "train", [(30, 30)] * 2 + [(20, 30)] * 4)
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=0, crop=(24, 24),
+        feeder = Feeder(spec, str(tmp_path), batch_size=6, pixels=0, crop=(24, 24),
                         crop_pad=False)
         with tf.Session() as sess, pytest.raises(SegMentorError) as error:
             with feeder.records_errors():
                 sess.run(feeder.images, {feeder.handle: feeder.train_handle(sess)})
     message = str(error.value)
-    assert "\n" not in message
+    assert "\n" not in message and message.endswith(CROP_TOO_LARGE_END)
     assert message.startswith("--crop 24 24 is larger than a 20x30 training image of ")
-    assert message.endswith("--no-crop_pad forbids padding: give a --crop that fits the smallest "
-                            "image, or allow padding")
 
 
 def test_crop_runs_validate_at_native_size_only(tmp_path):

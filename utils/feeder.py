@@ -29,7 +29,8 @@ from utils import augmentation
 from utils.augmentation import CROP_TOO_LARGE_PHRASE, AugmentParams, IMAGENET_MEAN_RGB
 from utils.datasets import IGNORE_LABEL, how_to_make, num_records, record_path
 from utils.errors import SegMentorError
-from utils.tf_records import checked_label, parse_example, read_records, records_errors
+from utils.tf_records import (HEIGHT_KEY, WIDTH_KEY, checked_label, parse_example, read_records,
+                              records_errors)
 from utils.tfcompat import tf
 
 # Serialized (still encoded) records held for shuffling: all of CamVid, and
@@ -74,6 +75,12 @@ class Feeder:
                 f"it with one (folder datasets: --val_ratio > 0): {self._how_to_make}")
         self.train_path = record_path(spec, datapath, "train")
         self.val_path = record_path(spec, datapath, "val")
+        if crop and not crop_pad:
+            # The first image decides at once for datasets of one size (CamVid); images of
+            # other sizes are checked in the pipeline (see records_errors).
+            first_size = _first_image_size(self.train_path)
+            if first_size and (first_size[0] < crop[0] or first_size[1] < crop[1]):
+                raise self._crop_too_large(*first_size)
 
         self.num_train_images = num_records(spec, datapath, "train")
         if debug_overfit:
@@ -176,11 +183,25 @@ class Feeder:
             match = _CROP_TOO_LARGE_PATTERN.search(err.message)
             if match is None:
                 raise
-            height, width = match.groups()
-            raise SegMentorError(
-                f"--crop {self.crop[0]} {self.crop[1]} is larger than a {height}x{width} "
-                f"training image of {self.train_path}, and --no-crop_pad forbids padding: "
-                f"give a --crop that fits the smallest image, or allow padding") from None
+            raise self._crop_too_large(*map(int, match.groups())) from None
+
+    def _crop_too_large(self, height, width):
+        return SegMentorError(
+            f"--crop {self.crop[0]} {self.crop[1]} is larger than a {height}x{width} training "
+            f"image of {self.train_path}, and --no-crop_pad forbids padding: give a --crop "
+            f"that fits the smallest image, or allow padding")
+
+
+def _first_image_size(path):
+    """(height, width) stored in the first record of `path`, or None if it cannot be read
+    (then the pipeline reports the file). Costs one record."""
+    try:
+        for serialized in tf.io.tf_record_iterator(path):
+            features = tf.train.Example.FromString(serialized).features.feature
+            return features[HEIGHT_KEY].int64_list.value[0], features[WIDTH_KEY].int64_list.value[0]
+    except (tf.errors.OpError, IndexError, ValueError):
+        pass
+    return None
 
 
 
