@@ -306,12 +306,14 @@ def _bad_inputs(run_dir, tmp_path):
         "unwritable outdir": (["--traindir", run_dir, "--outdir", tmp_path / "a_file"],
                               "cannot write to .*a_file, --outdir .*; pass another --outdir"),
         "moved data": (["--traindir", moved], "unknown dataset 'tiny_odd'.* pass --datapath"),
+        "no best checkpoint": (["--traindir", run_dir, "--best"],
+                               "no fcn.ckpt_best in .*: only runs trained with --keep_best"),
     }
 
 
 BAD_INPUTS = ("missing traindir", "no runargs", "no checkpoint", "no such snapshot",
               "unreadable image", "unreadable video", "missing split", "incomplete runargs",
-              "unwritable outdir", "moved data")
+              "unwritable outdir", "moved data", "no best checkpoint")
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -328,6 +330,7 @@ def test_bad_input_is_one_error_line(run_dir, tmp_path, capsys, case):
     (["--imagepath", "x.png", "--batch_size", "2", "--last2viz", "9"],
      "--batch_size, --last2viz only apply when scoring a split"),
     (["--moviepath", "x.mp4", "--save_predictions"], "--save_predictions .* not of a --moviepath"),
+    (["--best", "--afteriter", "4"], "--best and --afteriter each pick the checkpoint: give one"),
 ])
 def test_flag_combinations_that_cannot_work_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
