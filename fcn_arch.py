@@ -14,7 +14,6 @@ This module knows nothing about files, flags or sessions, beyond turning a
 slim checkpoint into a restore function. `python fcn_arch.py --stats` prints
 parameters and multiply-accumulates of every network.
 """
-import argparse
 import dataclasses
 import os
 import sys
@@ -22,6 +21,7 @@ from typing import Callable, Mapping
 
 from nets import inception_v1, mobilenet_v1, mobilenet_v2, resnet_v1, vgg
 from utils.augmentation import IMAGENET_MEAN_RGB
+from utils.cli import CheckedArgumentParser
 from utils.errors import SegMentorError, run_main
 from utils.tfcompat import slim, tf
 from utils.upsampling import upsample_bilinear
@@ -461,7 +461,7 @@ def network_stats(net, decoder, number_of_classes, pixels, arch_name="fcn"):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = CheckedArgumentParser(
         description="Inspect the FCN architectures. --stats prints parameters and "
                     "multiply-accumulates (GMACs) for every feature extractor x decoder.")
     parser.add_argument("--stats", action="store_true", help="print the statistics table")

@@ -1,8 +1,10 @@
-"""Command-line pieces shared by fcn_train.py and fcn_test.py.
+"""Command-line pieces shared by every entry point (fcn_train.py, fcn_test.py, fcn_arch.py,
+the converters and benchmarks in utils/, tboards/createlinks).
 
-Typed argparse values with one-line errors (`bounded`), the one definition of
-`-g/--gpu` and the device selection it drives. Only the scripts call these;
-nothing below the scripts sees argparse.
+The project's parser (`CheckedArgumentParser`: cross-flag checks, one-line errors, switches
+that also take an explicit `=True`/`=False`), typed argparse values with one-line errors
+(`bounded`), the one definition of `-g/--gpu` and the device selection it drives. Only entry
+points call these; nothing below them sees argparse.
 """
 import argparse
 import os
@@ -12,13 +14,57 @@ from utils.errors import EXIT_USER_ERROR
 CPU_ONLY = -1  # --gpu value that hides every GPU
 
 
+# Words an explicit switch value may be (any case): `--decaylr=True`, `--flip=no`, ...
+SWITCH_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+                "false": False, "no": False, "off": False, "0": False}
+
+
+def switch_value(text):
+    """An argparse `type=` for the explicit value of a switch: 'True' -> True, 'False' -> False."""
+    try:
+        return SWITCH_WORDS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"takes True or False, got {text!r}") from None
+
+
+class Switch(argparse.Action):
+    """`store_true` that also takes an explicit value, as the seed's command lines do:
+    `--decaylr` and `--decaylr=True` set True, `--decaylr=False` leaves it False."""
+
+    def __init__(self, option_strings, dest, default=False, required=False, help=None):
+        super().__init__(option_strings, dest, nargs="?", const=True, default=default,
+                         type=switch_value, required=required, help=help, metavar="BOOL")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)  # const (True) when the switch is bare
+
+
+class BooleanSwitch(argparse.BooleanOptionalAction):
+    """`--flag/--no-flag` that also takes an explicit value, with the meaning the words say:
+    `--flip=False` and `--no-flip=True` both turn flipping off."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nargs, self.const, self.type, self.metavar = "?", True, switch_value, "BOOL"
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        negated = option_string.startswith("--no-")
+        setattr(namespace, self.dest, values != negated)
+
+
 class CheckedArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser that also runs `check(parser, args)` on the parsed flags, so a
-    combination that cannot work fails at once, and keeps every flag error to one line."""
+    """The parser of every entry point. It also runs `check(parser, args)` on the parsed
+    flags, so a combination that cannot work fails at once; keeps every flag error to one
+    line; and lets every switch take an explicit `=True`/`=False` (`Switch`, `BooleanSwitch`)."""
 
     def __init__(self, *args, check=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._check = check
+        # Argument groups share these registries, so `action="store_true"` and
+        # `action=argparse.BooleanOptionalAction` anywhere in the parser build the
+        # value-taking forms, with no change to the flag definitions.
+        self.register("action", "store_true", Switch)
+        self.register("action", argparse.BooleanOptionalAction, BooleanSwitch)
 
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from utils.cli import CheckedArgumentParser
 from utils.datasets import (DEFAULT_DATAPATH, DATASET_META_FILE, IGNORE_LABEL, NUM_LABEL_VALUES,
                             SPLIT_FILES, distinct_colors, write_dataset_meta)
 from utils.errors import SegMentorError, first_line
@@ -440,8 +441,8 @@ def build_converter_parser(dataset, description, layout, src_help=None, src_requ
     `layout` (the expected source folder tree) is shown verbatim by --help.
     Pass src_help=None for a converter without --src.
     """
-    parser = argparse.ArgumentParser(description=description, epilog=layout,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CheckedArgumentParser(description=description, epilog=layout,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     if src_help:
         parser.add_argument("--src", type=str, required=src_required, help=src_help)
     parser.add_argument("--out", type=str, default=None,

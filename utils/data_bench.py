@@ -11,16 +11,17 @@ MobileNetV1-FCN16 consumes at batch 16, 512 px; utils/train_bench.py measures
 that side). Batches are pulled with nothing else in the graph, so the figure
 is the input pipeline's ceiling on this machine.
 """
-if __package__ in (None, ""):  # run as `python utils/data_bench.py`: make `utils` importable
-    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-import argparse
 import sys
 import tempfile
 import time
 
 from utils import camvid_to_records
 from utils.augmentation import AugmentParams
+from utils.cli import CheckedArgumentParser
 from utils.datasets import DEFAULT_DATAPATH, load_dataset
 from utils.errors import run_main
 from utils.feeder import Feeder
@@ -44,7 +45,7 @@ def feeder_images_per_sec(spec, datapath, pixels, batch_size, num_batches):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Measure the data pipeline's images/s.")
+    parser = CheckedArgumentParser(description="Measure the data pipeline's images/s.")
     parser.add_argument("--datapath", type=str, default=DEFAULT_DATAPATH,
                         help="folder holding <dataset>/*.tfrecords (default: %(default)s)")
     parser.add_argument("--dataset", type=str, default="camvid", help="dataset name (default: %(default)s)")

@@ -18,10 +18,10 @@ With CamVid records under --datapath it also times --pipeline_net's training
 step on real batches from the feeder (augmented as fcn_train.py does) against
 the constant batch: the difference is what the input pipeline costs.
 """
-if __package__ in (None, ""):  # run as `python utils/train_bench.py`: make `utils` importable
-    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-import argparse
 import os
 import platform
 import sys
@@ -32,7 +32,7 @@ from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's i
 import fcn_arch  # noqa: E402
 from utils import training, training_loop  # noqa: E402
 from utils.augmentation import AugmentParams  # noqa: E402
-from utils.cli import add_gpu_flag, bounded, select_gpu  # noqa: E402
+from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  # noqa: E402
 from utils.datasets import DATASETS, DEFAULT_DATAPATH, load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
@@ -149,7 +149,7 @@ def bench_input_pipeline(net, spec, datapath, pixels, batch_size, num_steps):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = CheckedArgumentParser(
         description=f"Training and inference images/s of every feature extractor with "
                     f"{DECODER.upper()}, as GFLOP/s against a float32 matmul peak; with "
                     f"CamVid records, the input pipeline's cost too.")
