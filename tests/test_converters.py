@@ -236,6 +236,21 @@ def test_voc_sbd_explicit_folders_and_missing_sbd(tmp_path):
     assert pascal.find_sources(None, voc, sbd) == (voc, sbd)
 
 
+
+def test_voc_sbd_found_in_the_seeds_layout(tmp_path):
+    """The seed's /data/VOCdevkit + /data/SBD/benchmark_RELEASE: --src /data finds both, and
+    --voc/--sbd may name the archives' top folders."""
+    root = tmp_path / "data"
+    _voc_sbd_tree(root)
+    (root / "SBD").mkdir()
+    (root / "benchmark_RELEASE").rename(root / "SBD" / "benchmark_RELEASE")
+    voc = str(root / "VOCdevkit" / "VOC2012")
+    sbd = str(root / "SBD" / "benchmark_RELEASE" / "dataset")
+    assert pascal.find_sources(str(root), None, None) == (voc, sbd)
+    assert pascal.find_sources(None, str(root / "VOCdevkit"),
+                               str(root / "SBD" / "benchmark_RELEASE")) == (voc, sbd)
+
+
 # -------------------------------------------------------------------- COCO-Stuff
 
 

@@ -10,8 +10,9 @@ An image labelled by both VOC and SBD takes VOC's label: it is the official
 one, and marks object borders as ignore. Importable: `convert(voc_dir, sbd_dir,
 out_dir)` returns a ConversionSummary.
 """
-if __package__ in (None, ""):  # run as `python utils/pascal_voc_augmented_to_records.py`
-    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import os
 import sys
@@ -28,8 +29,10 @@ from utils.errors import SegMentorError, first_line, run_main
 DATASET = DATASETS["pascal_voc"]
 # Where the official archives unpack, relative to --src (first match wins):
 # VOCtrainval_11-May-2012.tar -> VOCdevkit/VOC2012, SBD's benchmark.tgz -> benchmark_RELEASE/dataset.
+# The seed kept them as /data/VOCdevkit and /data/SBD/benchmark_RELEASE: --src /data finds both.
 VOC_FOLDERS = ("VOCdevkit/VOC2012", "VOC2012")
-SBD_FOLDERS = ("benchmark_RELEASE/dataset", "SBD/dataset", "sbd/dataset", "dataset")
+SBD_FOLDERS = ("benchmark_RELEASE/dataset", "SBD/benchmark_RELEASE/dataset", "SBD/dataset",
+               "sbd/dataset", "dataset")
 SBD_SPLITS = ("train", "val")  # SBD's own val is not VOC12 val: both feed training
 
 LAYOUT = """\
@@ -40,7 +43,7 @@ expected source layout (give --src holding both, or --voc and --sbd):
                                           class (0-20), 255 = border, ignored
     ImageSets/Segmentation/train.txt      one <id> per line
     ImageSets/Segmentation/val.txt
-  SBD (--sbd, or SRC/benchmark_RELEASE/dataset):
+  SBD (--sbd, or SRC/benchmark_RELEASE/dataset, or SRC/SBD/benchmark_RELEASE/dataset):
     img/<id>.jpg
     cls/<id>.mat                          GTcls.Segmentation holds the classes
     train.txt, val.txt                    one <id> per line
@@ -102,8 +105,11 @@ def find_sources(src, voc_dir, sbd_dir):
     if src is None and (voc_dir is None or sbd_dir is None):
         raise SegMentorError("give --src (a folder holding VOCdevkit/VOC2012 and "
                              "benchmark_RELEASE/dataset) or both --voc and --sbd")
-    voc_dir = voc_dir or _first_dir(src, VOC_FOLDERS, "JPEGImages", "--voc")
-    sbd_dir = sbd_dir or _first_dir(src, SBD_FOLDERS, "cls", "--sbd")
+    # --voc VOCdevkit and --sbd benchmark_RELEASE (the archives' top folders) work too.
+    voc_dir = _or_inner(voc_dir, "VOC2012", "JPEGImages") if voc_dir \
+        else _first_dir(src, VOC_FOLDERS, "JPEGImages", "--voc")
+    sbd_dir = _or_inner(sbd_dir, "dataset", "cls") if sbd_dir \
+        else _first_dir(src, SBD_FOLDERS, "cls", "--sbd")
     require_dir(os.path.join(voc_dir, "SegmentationClass"), "VOC label folder",
                 "--voc must be the VOC2012 folder (holding JPEGImages/, SegmentationClass/, ImageSets/)")
     require_dir(os.path.join(sbd_dir, "cls"), "SBD label folder",
@@ -118,6 +124,14 @@ def _first_dir(src, candidates, marker, flag):
             return os.path.join(src, candidate)
     raise SegMentorError(f"no {' or '.join(candidates)} with {marker}/ in {src}; "
                          f"pass the folder with {flag}")
+
+
+def _or_inner(folder, inner, marker):
+    """`folder`, or `folder/inner` when only that one holds `marker`/."""
+    if not os.path.isdir(os.path.join(folder, marker)) and \
+            os.path.isdir(os.path.join(folder, inner, marker)):
+        return os.path.join(folder, inner)
+    return folder
 
 
 def convert(voc_dir, sbd_dir, out_dir, skip_bad=False, workers=DEFAULT_WORKERS):
