@@ -6,8 +6,9 @@ Writes training.tfrecords, validation.tfrecords, test.tfrecords (when the
 source has a test split) and dataset.json. Label 11 (void) becomes the ignore
 label. Importable: `convert(src, out_dir)` returns a ConversionSummary.
 """
-if __package__ in (None, ""):  # run as `python utils/camvid_to_records.py`: make `utils` importable
-    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import os
 import sys

@@ -7,8 +7,9 @@ are renumbered 0..C-1 in file order, so the network gets no empty logits for
 ids COCO never uses. Importable: `convert(src, out_dir)` returns a
 ConversionSummary.
 """
-if __package__ in (None, ""):  # run as `python utils/coco_stuff_to_records.py`
-    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import os
 import sys

@@ -8,8 +8,9 @@ exists only through the dataset.json written next to its records. The pairs
 are split at random (seeded) into train and val. Importable: `convert(...)`
 returns a ConversionSummary.
 """
-if __package__ in (None, ""):  # run as `python utils/folder_to_records.py`
-    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import os
 import random

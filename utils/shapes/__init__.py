@@ -9,25 +9,20 @@ relative to the image, so an output-stride-16 decoder can still reach a high
 mIoU. Generation is seeded per image: the same constants give the same files.
 
     meta = write_shapes_dataset(dataset_dir, SPLIT_FILES)  # writes the records, returns dataset.json dict
-    python -m utils.shapes --out data/shapes   # the same from the command line
+    python -m utils.shapes --out data/shapes   # the same from the command line (__main__.py)
 
-`utils.datasets.load_dataset('shapes', ...)` calls it on first use.
+`utils.datasets.load_dataset('shapes', ...)` calls it on first use. The command line lives
+in `__main__.py` because it needs the dataset registry, which imports this generator.
 """
-if __package__ in (None, ""):  # run as `python utils/shapes.py`: make `utils` importable
-    import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import argparse
 import hashlib
 import io
 import json
 import os
-import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from utils.errors import SegMentorError, first_line, run_main
 from utils.tf_records import RecordWriter, encode_label_png
 
 # ---- Parameters (the lead tunes these; any change regenerates the records) ----
@@ -179,29 +174,3 @@ def write_shapes_dataset(dataset_dir, split_files):
             "colors": [list(c) for c in CLASS_COLORS],
             "class_frequencies": (pixel_counts / pixel_counts.sum()).tolist(),
             "splits": splits, "source": SOURCE}
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        description="Generate the synthetic `shapes` dataset (train and val tfrecords plus "
-                    "dataset.json). Training scripts do this by themselves on first use.")
-    parser.add_argument("--out", type=str, default=None,
-                        help="output folder (default: <repo>/data/shapes)")
-    return parser
-
-
-def main(args):
-    from utils.datasets import DEFAULT_DATAPATH, SPLIT_FILES, write_dataset_meta  # datasets imports this module
-    out = args.out or os.path.join(DEFAULT_DATAPATH, "shapes")
-    try:
-        meta = write_shapes_dataset(out, SPLIT_FILES)
-        write_dataset_meta(out, meta)
-    except OSError as err:
-        raise SegMentorError(f"cannot write shapes records to {out} ({first_line(err)}); "
-                             f"pick another --out") from err
-    print(f"wrote {out}: " + ", ".join(f"{s} {i['count']} images ({i['file']})"
-                                        for s, i in meta["splits"].items()))
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main, build_parser()))

@@ -1,0 +1,118 @@
+"""How the modules import each other: no cycle, every module imports alone, and training
+and scoring do not load the drawing libraries (OpenCV, matplotlib).
+"""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("nets", "utils")
+# Modules of the training and scoring paths, which never draw a figure or read a video.
+NON_DRAWING_MODULES = ("fcn_train", "utils.training_loop", "utils.prediction")
+DRAWING_LIBRARIES = ("cv2", "matplotlib")
+
+
+def project_modules():
+    """{dotted module name: file} of every module of the project (scripts, nets, utils)."""
+    modules = {path.stem: path for path in REPO_ROOT.glob("*.py")}
+    for package in PACKAGES:
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imported_modules(path, modules):
+    """The project modules that the file at `path` imports anywhere, also inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from utils import shapes` imports the module utils.shapes
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def import_cycles(graph):
+    """Strongly connected groups of more than one module (or a module importing itself)."""
+    index, lowlink, on_stack, stack, cycles = {}, {}, set(), [], []
+
+    def visit(node):
+        index[node] = lowlink[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in graph[node]:
+            if successor not in index:
+                visit(successor)
+                lowlink[node] = min(lowlink[node], lowlink[successor])
+            elif successor in on_stack:
+                lowlink[node] = min(lowlink[node], index[successor])
+        if lowlink[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1 or node in graph[node]:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_cycle_finder_sees_a_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_itself_back():
+    modules = project_modules()
+    graph = {name: imported_modules(path, modules) - {name} for name, path in modules.items()}
+    assert "utils.datasets" in graph and "utils.shapes" in graph["utils.datasets"]
+    assert import_cycles(graph) == []
+
+
+@pytest.fixture(scope="module")
+def fresh_interpreter_imports():
+    """In one fresh interpreter: which drawing libraries the non-drawing modules load, then
+    whether every project module imports."""
+    probe = f"""
+import importlib, json, sys
+result = {{}}
+for name in {list(NON_DRAWING_MODULES)!r}:
+    importlib.import_module(name)
+result["drawing_loaded"] = sorted(lib for lib in {list(DRAWING_LIBRARIES)!r} if lib in sys.modules)
+result["failed"] = {{}}
+for name in {sorted(project_modules())!r}:
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        result["failed"][name] = repr(err)
+print(json.dumps(result))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_training_and_scoring_modules_load_no_drawing_library(fresh_interpreter_imports):
+    assert fresh_interpreter_imports["drawing_loaded"] == []
+
+
+def test_every_module_imports_in_a_fresh_interpreter(fresh_interpreter_imports):
+    assert fresh_interpreter_imports["failed"] == {}
