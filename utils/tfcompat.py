@@ -8,6 +8,7 @@ once, before TensorFlow prints anything or builds any op.
 """
 import contextlib
 import os
+import sys
 import warnings
 
 
@@ -39,7 +40,29 @@ def _stderr_silenced():
         os.close(devnull)
 
 
-with _stderr_silenced():
+# TensorFlow (>= 2.16) imports Keras 3 eagerly, and Keras' visualization helpers import
+# OpenCV and matplotlib.pyplot (which picks a GUI backend) whenever they are installed.
+# seg-mentor uses neither helper, so both stay hidden while TensorFlow loads (Keras then does
+# without them): training and scoring never load them, and utils/visualization.py imports
+# them itself when it draws.
+_NOT_FOR_KERAS = ("cv2", "matplotlib")
+
+
+@contextlib.contextmanager
+def _modules_hidden(names):
+    """Inside, `import name` raises ImportError for each of `names` not imported yet."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # the import system's "not importable" marker
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+with _stderr_silenced(), _modules_hidden(_NOT_FOR_KERAS):
     import tensorflow as tf2
     import tf_slim as slim  # noqa: F401  (re-exported)
 

@@ -18,23 +18,20 @@ SegMentorError line.
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`),
 never pyplot, so nothing here switches the global backend: scripts render
 headless with Agg while a notebook keeps its inline display.
+
+OpenCV and matplotlib are imported inside the functions that draw or touch
+video: training imports this module for `colorize_labels_tf` alone, and should
+not load either (tests/test_imports.py checks).
 """
 import os
 
-# FFmpeg inside OpenCV prints its own complaints ("moov atom not found") on
-# stderr; an unreadable video is reported by VideoReader in one line instead.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+import numpy as np
+from PIL import Image
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from utils.datasets import NUM_LABEL_VALUES  # noqa: E402
-from utils.errors import SegMentorError, first_line  # noqa: E402
-from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, atomic_path  # noqa: E402
-from utils.tfcompat import tf  # noqa: E402
+from utils.datasets import NUM_LABEL_VALUES
+from utils.errors import SegMentorError, first_line
+from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, atomic_path
+from utils.tfcompat import tf
 
 # Colour of ignored pixels: Pascal VOC's 'void' border colour, pale enough to
 # read as "no label" next to any class colour.
@@ -107,6 +104,8 @@ def overlay(image, colored, alpha=OVERLAY_ALPHA):
 
 def legend_handles(labels_shown, colors, class_names, ignore_label):
     """Patches for the classes (and 'ignored') occurring in any of `labels_shown`."""
+    from matplotlib.patches import Patch
+
     present = set()
     for labels in labels_shown:
         present.update(np.unique(np.asarray(labels)).tolist())
@@ -124,6 +123,8 @@ def side_by_side_figure(image, prediction, truth, colors, class_names, ignore_la
     `truth` may be None (a photo without labels): then two panels. Panels
     show each picture at (at least) its own pixel size.
     """
+    from matplotlib.figure import Figure
+
     panels = [("image", np.asarray(image)), ("prediction", colorize(prediction, colors, ignore_label))]
     if truth is not None:
         panels.append(("ground truth", colorize(truth, colors, ignore_label)))
@@ -160,6 +161,8 @@ def normalized_confusion(conf):
 
 def confusion_heatmap_figure(conf, class_names, title="confusion matrix (rows: truth, normalised)"):
     """Heat map of the row-normalised confusion matrix with class names on both axes."""
+    from matplotlib.figure import Figure
+
     num_classes = len(class_names)
     normalized = normalized_confusion(conf)
     side_in = float(np.clip(_HEATMAP_INCHES_PER_CLASS * num_classes + 2.5,
@@ -243,6 +246,15 @@ def read_rgb(path):
         raise SegMentorError(_unreadable_image(path, err)) from None
 
 
+def _opencv():
+    """OpenCV, imported on first use (only video needs it)."""
+    # FFmpeg inside OpenCV prints its own complaints ("moov atom not found") on
+    # stderr; an unreadable video is reported by VideoReader in one line instead.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read at import
+    import cv2
+    return cv2
+
+
 class VideoReader:
     """RGB frames of a video file, read with OpenCV.
 
@@ -255,6 +267,7 @@ class VideoReader:
         self.path = path
         if not os.path.isfile(path):
             raise SegMentorError(f"video {path} not found")
+        cv2 = _opencv()
         self._capture = cv2.VideoCapture(path)
         if not self._capture.isOpened():
             raise SegMentorError(f"cannot read video {path}: OpenCV does not recognise it "
@@ -269,6 +282,7 @@ class VideoReader:
         self.num_frames = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
 
     def __iter__(self):
+        cv2 = _opencv()
         frame = self._first
         while frame is not None:
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
@@ -301,6 +315,7 @@ class VideoWriter:
         # OpenCV picks the container from the extension, so the temporary name keeps it.
         self._atomic = atomic_path(path, suffix=".partial" + os.path.splitext(path)[1])
         self._partial = self._atomic.__enter__()
+        cv2 = _opencv()
         self._writer = cv2.VideoWriter(self._partial, cv2.VideoWriter_fourcc(*VIDEO_FOURCC),
                                        fps, (width, height))
         if not self._writer.isOpened():
@@ -311,6 +326,7 @@ class VideoWriter:
         self.num_frames = 0
 
     def write(self, frame):
+        cv2 = _opencv()
         self._writer.write(cv2.cvtColor(np.asarray(frame, np.uint8), cv2.COLOR_RGB2BGR))
         self.num_frames += 1
 
