@@ -327,6 +327,7 @@ def test_folder_dataset_seeded_split_and_usable_by_name(tmp_path):
         assert record["image_bytes"] == (tmp_path / "images" / name).read_bytes()
 
 
+@pytest.mark.slow  # a fresh interpreter (TensorFlow import)
 def test_folder_cli_writes_into_datapath_by_name(tmp_path):
     """Run as a script (sys.path snippet) end to end."""
     images, labels = _folder_tree(tmp_path, count=3)
@@ -459,6 +460,7 @@ def test_missing_source_folder(tmp_path):
                                   "mine", str(tmp_path / "out"), ("a",))
 
 
+@pytest.mark.slow  # a fresh interpreter (TensorFlow import)
 def test_cli_bad_pair_exits_2_with_one_line_and_no_traceback(tmp_path):
     _camvid_tree(tmp_path / "CamVid", splits=(("train", 1), ("val", 1)))
     (tmp_path / "CamVid" / "train" / "train_000.png").write_bytes(b"not an image")

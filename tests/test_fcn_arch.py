@@ -9,6 +9,7 @@ import pytest
 import fcn_arch
 from fcn_arch import (ARCHS, DECODERS, FEATURE_EXTRACTORS, FcnArch, decoder_flags,
                       make_pretrained_restorer)
+from everyday import everyday_or_slow
 from reference_lists import feature_extractor_variables
 from utils.errors import SegMentorError
 from utils.tfcompat import slim, tf
@@ -22,7 +23,7 @@ ARCH_CASES = [(net, "fcn") for net in FEATURE_EXTRACTORS] + [
     (net, arch) for arch in ARCHS if arch != "fcn" for net in ("mobilenet_v1", "resnet_v1_18")]
 
 
-@pytest.mark.parametrize("net,arch_name", ARCH_CASES)
+@pytest.mark.parametrize("net,arch_name", everyday_or_slow(ARCH_CASES))
 def test_logits_keep_input_size_and_skips_start_at_zero(net, arch_name):
     """All decoders of one net in one graph: output sizes, and FCN16/8/4 == FCN32 at init.
 
@@ -49,7 +50,7 @@ def test_logits_keep_input_size_and_skips_start_at_zero(net, arch_name):
         np.testing.assert_allclose(value, values["fcn32", size], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("net", list(FEATURE_EXTRACTORS))
+@pytest.mark.parametrize("net", everyday_or_slow(FEATURE_EXTRACTORS))
 def test_feature_extractor_variables_equal_official_checkpoint(net):
     with tf.Graph().as_default():
         arch = FcnArch(NUM_CLASSES, is_training=True, net=net, fcn8=True)
@@ -84,7 +85,8 @@ def _save_classifier_checkpoint(net, path, num_classes=1001):
 # The restore path is the same for every net (names are checked against the
 # official lists above); four encoder families keep it honest without saving
 # VGG's and ResNet-50's hundreds of megabytes.
-@pytest.mark.parametrize("net", ["mobilenet_v1", "mobilenet_v2", "resnet_v1_18", "inception_v1"])
+@pytest.mark.parametrize("net", everyday_or_slow(
+    ["mobilenet_v1", "mobilenet_v2", "resnet_v1_18", "inception_v1"], everyday=["resnet_v1_18"]))
 def test_restore_feature_extractor_from_classifier_checkpoint(net, tmp_path):
     checkpoint = tmp_path / "classifier.ckpt"
     saved = _save_classifier_checkpoint(net, checkpoint)
@@ -173,6 +175,7 @@ def test_stats_agree_with_published_seg_mentor_figures():
     assert macs / 1e9 == pytest.approx(2.9, rel=0.1)
 
 
+@pytest.mark.slow  # a fresh interpreter, and graphs at 128 px
 def test_stats_command_prints_a_row_per_network_and_decoder():
     result = subprocess.run(
         [sys.executable, "fcn_arch.py", "--stats", "--nets", "mobilenet_v1",

@@ -10,6 +10,7 @@ from nets import inception_v1, mobilenet_v1, mobilenet_v2, resnet_v1, vgg
 from nets.batch_norm import batch_norm
 from utils.errors import SegMentorError
 from utils.tfcompat import slim, tf
+from everyday import everyday_or_slow
 from reference_lists import feature_extractor_variables, reference_variables
 
 CLASSIFIER_SIZE = 224  # the heads of VGG and Inception pool 7x7 VALID
@@ -55,7 +56,7 @@ def build(net, images, is_training=True, num_classes=None):
         return case.builder(images, is_training=is_training, num_classes=num_classes)
 
 
-@pytest.fixture(scope="module", params=list(NETS))
+@pytest.fixture(scope="module", params=everyday_or_slow(NETS))
 def towers(request):
     """Per net, the graph fcn_train builds: a training tower on a static [1, 64, 96, 3]
     input, then an inference tower on [None, None, None, 3] reusing its variables."""
@@ -75,7 +76,7 @@ def towers(request):
                            eval_features=eval_features, eval_points=eval_points)
 
 
-@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("net", everyday_or_slow(NETS))
 def test_classifier_variables_equal_the_checkpoint(net):
     num_classes = NETS[net].num_classes
     with tf.Graph().as_default():

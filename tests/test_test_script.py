@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import cv2
+import matplotlib
 import nbformat
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from utils.feeder import make_eval_dataset
 from utils.prediction import SplitPredictor, TrainedRun, predictions_at_source_size
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
+from utils.visualization import IGNORE_COLOR, normalized_confusion
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny_odd"
@@ -151,6 +153,7 @@ def test_predictions_undo_the_eval_sizing(data, pixels, min_agreement):
     assert num_images == len(VAL_SIZES)
 
 
+@pytest.mark.slow  # uses the trained run
 def test_metrics_json_fields_and_ranges(default_eval):
     _, outdir = default_eval
     metrics = read_metrics(outdir)
@@ -167,6 +170,7 @@ def test_metrics_json_fields_and_ranges(default_eval):
     assert 0.0 <= low <= metrics["miou"] <= high <= 1.0
 
 
+@pytest.mark.slow  # uses the trained run
 def test_console_shows_miou_with_interval_and_class_table(default_eval):
     stdout, _ = default_eval
     assert re.search(r"^mIoU \d+\.\d \[\d+\.\d, \d+\.\d\]", stdout, re.MULTILINE), stdout
@@ -186,6 +190,7 @@ def _numpy_miou(labels, predictions, num_classes):
     return np.mean(intersection[union > 0] / union[union > 0])
 
 
+@pytest.mark.slow  # uses the trained run
 def test_saved_predictions_reproduce_the_reported_miou(default_eval, data):
     _, outdir = default_eval
     _, val_labels = data
@@ -207,16 +212,35 @@ def test_saved_predictions_reproduce_the_reported_miou(default_eval, data):
     assert conf.sum() == sum(np.sum(label != IGNORE_LABEL) for label in labels)
 
 
-def test_pictures_of_the_chosen_images_and_the_confusion_heat_map(default_eval):
+def _pixels_of(picture, color, tolerance=0):
+    return int(np.sum(np.all(np.abs(picture[..., :3].astype(int) - color) <= tolerance, axis=-1)))
+
+
+@pytest.mark.slow  # uses the trained run
+def test_pictures_of_the_chosen_images_and_the_confusion_heat_map(default_eval, data):
+    """Each picture shows the classes of its prediction and truth in the dataset's colours
+    (panels and legend), and no other class; the heat map shows the confusion.csv values."""
     _, outdir = default_eval
+    _, val_labels = data
     assert sorted(os.listdir(outdir / "viz")) == ["val_01.png", "val_02.png"]  # --first2viz 1 --last2viz 3
     for name in ("val_01.png", "val_02.png"):
-        width, height = Image.open(outdir / "viz" / name).size
-        assert width > height  # image | prediction | truth in a row
-    width, height = Image.open(outdir / "confusion.png").size
-    assert min(width, height) > 300
+        picture = np.array(Image.open(outdir / "viz" / name).convert("RGB"))
+        prediction = np.array(Image.open(outdir / "predictions" / name))
+        shown = {int(c) for c in np.unique(prediction)} | {int(c) for c in np.unique(val_labels[name])}
+        # background is black, like the text: count the other classes, and the void row
+        for class_id, color in enumerate(shapes.CLASS_COLORS[1:], start=1):
+            drawn = _pixels_of(picture, color) >= 30  # a legend swatch alone is more
+            assert drawn == (class_id in shown), (name, shapes.CLASS_NAMES[class_id])
+        assert _pixels_of(picture, IGNORE_COLOR) >= 30
+
+    with open(outdir / "confusion.csv") as f:
+        conf = np.array([[int(value) for value in row[1:]] for row in list(csv.reader(f))[1:]])
+    heat_map = np.array(Image.open(outdir / "confusion.png").convert("RGB"))
+    darkest = matplotlib.colormaps["Blues"](normalized_confusion(conf).max())[:3]
+    assert _pixels_of(heat_map, np.rint(np.array(darkest) * 255), tolerance=2) >= 100
 
 
+@pytest.mark.slow  # uses the trained run
 @pytest.mark.parametrize("pixels, afteriter", [(0, SNAPSHOT_STEPS[0]), (48, None)])
 def test_native_and_fixed_size_inference_return_source_sizes(run_dir, data, tmp_path, pixels,
                                                              afteriter):
@@ -253,6 +277,7 @@ def _count_frames(path):
     return count, size
 
 
+@pytest.mark.slow  # uses the trained run
 def test_images_and_video_are_segmented_at_their_own_size(run_dir, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -316,6 +341,7 @@ BAD_INPUTS = ("missing traindir", "no runargs", "no checkpoint", "no such snapsh
               "unwritable outdir", "moved data", "no best checkpoint")
 
 
+@pytest.mark.slow  # uses the trained run
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_error_line(run_dir, tmp_path, capsys, case):
     argv, message = _bad_inputs(run_dir, tmp_path)[case]
@@ -339,6 +365,7 @@ def test_flag_combinations_that_cannot_work_are_rejected(argv, message, capsys):
     assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # uses the trained run
 def test_moved_data_is_found_with_datapath(run_dir, data, tmp_path):
     datapath, _ = data
     moved = tmp_path / "moved_run"
@@ -350,6 +377,7 @@ def test_moved_data_is_found_with_datapath(run_dir, data, tmp_path):
     assert read_metrics(tmp_path / "out")["num_images"] == len(VAL_SIZES)
 
 
+@pytest.mark.slow  # uses the trained run
 def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(run_dir, tmp_path, capsys):
     damaged = tmp_path / "damaged_run"
     shutil.copytree(run_dir, damaged)  # copies: the snapshots stop sharing the latest's files
@@ -360,6 +388,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(run_dir, tmp_pat
     assert read_metrics(tmp_path / "out")["checkpoint"] != "fcn.ckpt"
 
 
+@pytest.mark.slow  # uses the trained run
 def test_only_the_drawn_images_are_fetched(run_dir):
     run = TrainedRun(str(run_dir))
     with SplitPredictor(run, run.checkpoint(), "val", pixels=0, batch_size=2,
@@ -370,6 +399,7 @@ def test_only_the_drawn_images_are_fetched(run_dir):
         assert item.image.shape == item.label.shape + (3,) and item.image.dtype == np.uint8
 
 
+@pytest.mark.slow  # uses the trained run
 def test_the_script_exits_2_with_one_line_and_no_traceback(run_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "fcn_test.py", "--traindir", str(run_dir), "--afteriter", "3"],
@@ -379,6 +409,7 @@ def test_the_script_exits_2_with_one_line_and_no_traceback(run_dir, tmp_path):
         f"fcn_test.py: error: no snapshot fcn.ckpt_3 in {run_dir}; available --afteriter values: 2, 4"]
 
 
+@pytest.mark.slow  # uses the trained run
 def test_notebook_runs_top_to_bottom(run_dir, monkeypatch):
     monkeypatch.setenv("SEGMENTOR_RUN", str(run_dir))
     notebook = nbformat.read(REPO_ROOT / "notebooks" / "play-with-me.ipynb", as_version=4)
@@ -403,6 +434,7 @@ def _get_json(url):
         return json.load(response)
 
 
+@pytest.mark.slow  # uses the trained run
 def test_tensorboard_serves_the_runs_loss_and_val_miou(run_dir, tmp_path):
     links = tmp_path / "tboards"
     links.mkdir()

@@ -19,6 +19,7 @@ from PIL import Image
 
 import fcn_arch
 import fcn_train
+from everyday import everyday_or_slow
 from utils import shapes, training, training_loop
 from utils.augmentation import AugmentParams
 from utils.datasets import DatasetSpec, write_dataset_meta
@@ -116,6 +117,7 @@ def two_runs(datapath, tmp_path_factory):
     return runs_dir, [stdout for stdout, _ in outputs]
 
 
+@pytest.mark.slow  # trains
 def test_two_runs_started_together_get_their_own_folders(two_runs):
     runs_dir, _ = two_runs
     names = [path.name for path in run_folders(runs_dir)]
@@ -123,6 +125,7 @@ def test_two_runs_started_together_get_their_own_folders(two_runs):
     assert names == [f"{today}_mobilenet_v1__1", f"{today}_mobilenet_v1__2"]
 
 
+@pytest.mark.slow  # trains
 def test_run_folder_holds_runargs_runlog_events_and_checkpoints(two_runs):
     run_dir = run_folders(two_runs[0])[0]
     files = {path.name for path in run_dir.iterdir()}
@@ -133,6 +136,7 @@ def test_run_folder_holds_runargs_runlog_events_and_checkpoints(two_runs):
     assert saved_step(run_dir / f"fcn.ckpt_{TWO_RUNS_EVERY}") == TWO_RUNS_EVERY
 
 
+@pytest.mark.slow  # trains
 def test_runargs_hold_the_resolved_settings_fcn_test_needs(two_runs, datapath):
     runargs = read_runargs(run_folders(two_runs[0])[0])
     assert runargs["pixels"] == IMAGE_SIZE_PX  # resolved from the dataset's default
@@ -157,6 +161,7 @@ def test_runargs_hold_the_resolved_settings_fcn_test_needs(two_runs, datapath):
     assert runargs["batch_norm_decay"] == training.DEFAULT_BATCH_NORM_DECAY
 
 
+@pytest.mark.slow  # trains
 def test_runlog_has_step_validation_and_closing_lines(two_runs):
     run_dir = run_folders(two_runs[0])[0]
     lines = parse_runlog(run_dir / RUNLOG_FILE)
@@ -175,6 +180,7 @@ def test_runlog_has_step_validation_and_closing_lines(two_runs):
     assert finished == [str(path) for path in run_folders(two_runs[0])]
 
 
+@pytest.mark.slow  # trains
 def test_events_hold_scalars_and_coloured_images(two_runs):
     run_dir = run_folders(two_runs[0])[0]
     tags = set()
@@ -187,6 +193,7 @@ def test_events_hold_scalars_and_coloured_images(two_runs):
         assert any(tag.startswith(name + "/image") for tag in tags), name
 
 
+@pytest.mark.slow  # trains
 def test_createlinks_links_every_run_and_drops_stale_links(two_runs, tmp_path):
     runs_dir = two_runs[0]
     (tmp_path / "gone_run").symlink_to(tmp_path / "no_such_folder")
@@ -242,6 +249,7 @@ def events(lines, name):
     return [line for line in lines if line.get("event") == name]
 
 
+@pytest.mark.slow  # trains
 def test_sigterm_saves_then_exits(interrupted_run):
     assert interrupted_run["codes"][0] == 128 + signal.SIGTERM
     stop = events(interrupted_run["lines"], "stop")
@@ -251,6 +259,7 @@ def test_sigterm_saves_then_exits(interrupted_run):
     assert first_resume["init"] == str(interrupted_run["run_dir"] / "fcn.ckpt")
 
 
+@pytest.mark.slow  # trains
 def test_resume_continues_the_step_count(interrupted_run):
     lines, stopped_step = interrupted_run["lines"], interrupted_run["stopped_step"]
     first_resume = lines.index(events(lines, "resume")[0])
@@ -259,6 +268,7 @@ def test_resume_continues_the_step_count(interrupted_run):
     assert lines[first_resume + 1]["step"] == stopped_step + 1
 
 
+@pytest.mark.slow  # trains
 def test_a_killed_run_resumes_and_ends_at_the_planned_step(interrupted_run):
     assert interrupted_run["codes"][1:] == [-signal.SIGKILL, 0], interrupted_run["third_stderr"]
     lines = interrupted_run["lines"]
@@ -273,6 +283,7 @@ def test_a_killed_run_resumes_and_ends_at_the_planned_step(interrupted_run):
     assert logged_steps == set(range(1, CHAIN_STEPS + 1))
 
 
+@pytest.mark.slow  # trains
 def test_logged_learning_rates_follow_the_decaylr_drops_across_resumes(interrupted_run):
     drop_steps = [round(CHAIN_STEPS / 3), round(2 * CHAIN_STEPS / 3)]
     assert read_runargs(interrupted_run["run_dir"])["lr_drop_steps"] == drop_steps
@@ -283,6 +294,7 @@ def test_logged_learning_rates_follow_the_decaylr_drops_across_resumes(interrupt
             assert line["lr"] == pytest.approx(expected, rel=1e-3), line
 
 
+@pytest.mark.slow  # trains
 def test_resuming_a_finished_run_says_so_in_one_line(interrupted_run):
     runlog_before = (interrupted_run["run_dir"] / RUNLOG_FILE).read_text()
     result = subprocess.run([sys.executable, str(REPO_ROOT / "fcn_train.py"), "--resume",
@@ -385,7 +397,7 @@ def build_training_graph(*argv):
     return graph, train_graph
 
 
-@pytest.mark.parametrize("net", list(fcn_arch.FEATURE_EXTRACTORS))
+@pytest.mark.parametrize("net", everyday_or_slow(fcn_arch.FEATURE_EXTRACTORS))
 def test_the_training_graph_builds_for_every_net_with_its_defaults(net):
     graph, train_graph = build_training_graph("--basenet", net, "--fcn16", "--scratch")
     num_classes = len(GRAPH_SPEC.class_names)
@@ -437,6 +449,7 @@ def run_in_process(argv, capsys):
     return code, capsys.readouterr().err.strip().splitlines()
 
 
+@pytest.mark.slow  # trains
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(datapath, tmp_path, capsys):
     # A learning rate of 1e30 sends the weights to ~1e30 after one step: activations,
     # batch-norm statistics and the loss overflow within a step or two.
@@ -452,6 +465,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(datapath, tmp_path
         assert np.isfinite(tf.train.load_variable(str(run_dir / "fcn.ckpt"), name)).all(), name
 
 
+@pytest.mark.slow  # trains
 def test_labels_outside_the_class_list_stop_with_one_line(datapath, tmp_path, capsys):
     # The same records, described as a dataset with only two classes.
     fewer_classes = tmp_path / "data" / DATASET
@@ -538,6 +552,7 @@ def test_warmup_longer_than_training_is_one_line_and_makes_no_folder(datapath, t
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_user_errors_reach_the_shell_as_one_line_without_traceback(datapath, tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "fcn_train.py"), "--dataset", "nosuch",

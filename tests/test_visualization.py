@@ -53,17 +53,49 @@ def _example(height=37, width=53):
     return image, prediction, truth
 
 
-def test_side_by_side_png_is_three_panels_wide(tmp_path):
-    image, prediction, truth = _example()
+def _colour_runs(row):
+    """The exact class/ignore/image colours met along a pixel row, in order, each run once."""
+    runs = []
+    for pixel in map(tuple, row[:, :3]):
+        if pixel in _KNOWN_COLOURS and (not runs or runs[-1] != pixel):
+            runs.append(pixel)
+    return runs
+
+
+PHOTO_COLOR = (30, 60, 250)  # the "photo" is one colour no class has
+_KNOWN_COLOURS = set(COLORS[1:]) | {IGNORE_COLOR, PHOTO_COLOR}
+
+
+def test_side_by_side_shows_image_prediction_truth_in_class_colours_with_their_legend(tmp_path):
+    """Prediction: left half circle, right half square; truth: all circle, top rows ignored.
+    A pixel row crosses image, prediction and truth in that order, in the dataset's colours."""
+    height, width = 40, 60
+    image = np.full((height, width, 3), PHOTO_COLOR, np.uint8)
+    prediction = np.ones((height, width), np.uint8)
+    prediction[:, width // 2:] = 2
+    truth = np.ones((height, width), np.uint8)
+    truth[:10] = IGNORE
     three, two = tmp_path / "three.png", tmp_path / "two.png"
-    save_figure(side_by_side_figure(image, prediction, truth, COLORS, NAMES, IGNORE, title="a.png"),
-                three)
+    figure = side_by_side_figure(image, prediction, truth, COLORS, NAMES, IGNORE, title="a.png")
+    save_figure(figure, three)
     save_figure(side_by_side_figure(image, prediction, None, COLORS, NAMES, IGNORE), two)
-    three_width, three_height = Image.open(three).size
-    two_width, _ = Image.open(two).size
-    assert three_width > 2.5 * three_height  # three landscape panels in a row
-    assert two_width < three_width
     assert sorted(os.listdir(tmp_path)) == ["three.png", "two.png"]  # no partial files left
+
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["circle", "square", "ignored"]
+    swatches = [tuple(np.rint(np.array(patch.get_facecolor()[:3]) * 255).astype(int))
+                for patch in legend.legend_handles]
+    assert swatches == [COLORS[1], COLORS[2], IGNORE_COLOR]  # background is shown nowhere
+
+    picture = np.array(Image.open(three).convert("RGB"))
+    photo_rows = np.flatnonzero(np.all(picture == PHOTO_COLOR, axis=-1).any(axis=1))
+    top, bottom = photo_rows.min(), photo_rows.max()  # the panels' rows
+    ignored_row, labelled_row = picture[top + 2], picture[bottom - 2]
+    assert _colour_runs(ignored_row) == [PHOTO_COLOR, COLORS[1], COLORS[2], IGNORE_COLOR]
+    assert _colour_runs(labelled_row) == [PHOTO_COLOR, COLORS[1], COLORS[2], COLORS[1]]
+    no_truth = np.array(Image.open(two).convert("RGB"))
+    photo_rows = np.flatnonzero(np.all(no_truth == PHOTO_COLOR, axis=-1).any(axis=1))
+    assert _colour_runs(no_truth[photo_rows.max() - 2]) == [PHOTO_COLOR, COLORS[1], COLORS[2]]
 
 
 def test_normalized_confusion_rows_are_recall():
@@ -72,12 +104,22 @@ def test_normalized_confusion_rows_are_recall():
 
 
 @pytest.mark.parametrize("num_classes", [3, 40])
-def test_confusion_heatmap_is_saved(tmp_path, num_classes):
+def test_confusion_heatmap_shows_the_normalised_matrix_and_the_class_names(tmp_path, num_classes):
     conf = np.random.default_rng(0).integers(0, 50, size=(num_classes, num_classes))
+    names = [f"class{i}" for i in range(num_classes)]
+    figure = confusion_heatmap_figure(conf, names)
+    axes = figure.axes[0]
+    np.testing.assert_allclose(axes.images[0].get_array(), normalized_confusion(conf))
+    assert [label.get_text() for label in axes.get_xticklabels()] == names
+    assert [label.get_text() for label in axes.get_yticklabels()] == names
+    cell_texts = [text.get_text() for text in axes.texts]
+    if num_classes == 3:  # small matrices carry their values, row by row
+        assert cell_texts == [f"{value:.2f}" for value in normalized_confusion(conf).ravel()]
+    else:
+        assert cell_texts == []
     path = tmp_path / "confusion.png"
-    save_figure(confusion_heatmap_figure(conf, [f"class{i}" for i in range(num_classes)]), path)
-    width, height = Image.open(path).size
-    assert min(width, height) > 300
+    save_figure(figure, path)
+    assert Image.open(path).format == "PNG"
 
 
 def test_save_png_round_trips_label_maps_and_rgb(tmp_path):
