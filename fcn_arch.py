@@ -64,10 +64,15 @@ class FeatureExtractor:
         features, end_points keyed relative to `checkpoint_scope`).
     arg_scope: `fn(is_training, **overrides)` -> slim arg scope (our batch norm).
     checkpoint_scope: top variable scope, as in the official slim checkpoint.
-    skip_end_points: end point tapped by the decoder at output stride 16, 8, 4.
+    skip_end_points: end point a decoder may tap at stride 16, 8, 4 and 2 (the
+        deepest map at that stride; the FCN family uses 16, 8, 4).
     preprocess: float RGB 0..255 -> what the checkpoint was trained on.
     checkpoint_file: file name of the official ImageNet checkpoint in --modelspath.
     has_batch_norm: False for nets without batch norm (a decay means nothing there).
+    atrous: `build` takes `output_stride` (16 or 8): the strides after it become
+        dilation rates, with the same variables.
+    separable_decoder: decoders use depthwise-separable 3x3 convs over it (the
+        MobileNets: a full 3x3 conv would cost more than the encoder).
     """
     build: Callable
     arg_scope: Callable
@@ -76,12 +81,14 @@ class FeatureExtractor:
     preprocess: Callable
     checkpoint_file: str
     has_batch_norm: bool = True
+    atrous: bool = False
+    separable_decoder: bool = False
 
 
 FEATURE_EXTRACTORS = {
     "vgg_16": FeatureExtractor(
         build=vgg.vgg_16, arg_scope=vgg.arg_scope, checkpoint_scope="vgg_16",
-        skip_end_points={16: "pool4", 8: "pool3", 4: "pool2"},
+        skip_end_points={16: "pool4", 8: "pool3", 4: "pool2", 2: "pool1"},
         preprocess=subtract_imagenet_mean, checkpoint_file="vgg_16.ckpt",
         has_batch_norm=False),
     "resnet_v1_18": FeatureExtractor(
@@ -89,36 +96,44 @@ FEATURE_EXTRACTORS = {
         checkpoint_scope="resnet_v1_18",
         skip_end_points={16: "block3/unit_2/res_block_v1",
                          8: "block2/unit_2/res_block_v1",
-                         4: "block1/unit_2/res_block_v1"},
-        preprocess=normalize_per_channel, checkpoint_file="resnet_v1_18.ckpt"),
+                         4: "block1/unit_2/res_block_v1", 2: "conv1"},
+        preprocess=normalize_per_channel, checkpoint_file="resnet_v1_18.ckpt", atrous=True),
     "resnet_v1_50": FeatureExtractor(
         build=resnet_v1.resnet_v1_50, arg_scope=resnet_v1.arg_scope,
         checkpoint_scope="resnet_v1_50",
         skip_end_points={16: "block3/unit_5/bottleneck_v1",
                          8: "block2/unit_3/bottleneck_v1",
-                         4: "block1/unit_2/bottleneck_v1"},
-        preprocess=subtract_imagenet_mean, checkpoint_file="resnet_v1_50.ckpt"),
+                         4: "block1/unit_2/bottleneck_v1", 2: "conv1"},
+        preprocess=subtract_imagenet_mean, checkpoint_file="resnet_v1_50.ckpt", atrous=True),
     "inception_v1": FeatureExtractor(
         build=inception_v1.inception_v1, arg_scope=inception_v1.arg_scope,
         checkpoint_scope="InceptionV1",
-        skip_end_points={16: "Mixed_4f", 8: "Mixed_3c", 4: "Conv2d_2c_3x3"},
+        skip_end_points={16: "Mixed_4f", 8: "Mixed_3c", 4: "Conv2d_2c_3x3",
+                         2: "Conv2d_1a_7x7"},
         preprocess=scale_to_unit_range, checkpoint_file="inception_v1.ckpt"),
     "mobilenet_v1": FeatureExtractor(
         build=mobilenet_v1.mobilenet_v1, arg_scope=mobilenet_v1.arg_scope,
         checkpoint_scope="MobilenetV1",
         skip_end_points={16: "Conv2d_11_pointwise", 8: "Conv2d_5_pointwise",
-                         4: "Conv2d_3_pointwise"},
-        preprocess=scale_to_unit_range, checkpoint_file="mobilenet_v1_1.0_224.ckpt"),
+                         4: "Conv2d_3_pointwise", 2: "Conv2d_1_pointwise"},
+        preprocess=scale_to_unit_range, checkpoint_file="mobilenet_v1_1.0_224.ckpt",
+        atrous=True, separable_decoder=True),
     "mobilenet_v2": FeatureExtractor(
         build=mobilenet_v2.mobilenet_v2, arg_scope=mobilenet_v2.arg_scope,
         checkpoint_scope="MobilenetV2",
         skip_end_points={16: "expanded_conv_12", 8: "expanded_conv_5",
-                         4: "expanded_conv_2"},
-        preprocess=scale_to_unit_range, checkpoint_file="mobilenet_v2_1.0_224.ckpt"),
+                         4: "expanded_conv_2", 2: "expanded_conv"},
+        preprocess=scale_to_unit_range, checkpoint_file="mobilenet_v2_1.0_224.ckpt",
+        atrous=True, separable_decoder=True),
 }
 
-# Decoder name -> output stride of its last combine (FCN16 = one skip, ...).
+# FCN-family decoder name -> its finest skip stride (FCN16 = one skip, ...).
 DECODERS = {"fcn32": 32, "fcn16": 16, "fcn8": 8, "fcn4": 4}
+
+# Strides the encoder may end at: 32 is every extractor's own; the atrous ones
+# also run at 16 or 8 (the later strides become dilation rates).
+OUTPUT_STRIDES = (32, 16, 8)
+ATROUS_NETS = tuple(name for name, extractor in FEATURE_EXTRACTORS.items() if extractor.atrous)
 
 
 def decoder_name(fcn16=False, fcn8=False, fcn4=False):
@@ -139,6 +154,50 @@ def get_feature_extractor(net):
         raise SegMentorError(
             f"unknown feature extractor '{net}'; choose one of: "
             f"{', '.join(FEATURE_EXTRACTORS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderTaps:
+    """The encoder strides a decoder class combines.
+
+    strides: skip strides it may tap, coarse to fine (where the encoder has them).
+    from_fcn_flags: True for the FCN family, where --fcn16/--fcn8/--fcn4 pick the
+        finest skip; False for decoders with fixed taps, where those flags are an
+        error rather than a silent change of depth.
+    A decoder taps only strides finer than the output stride: the encoder output
+    already is the state at the output stride.
+    """
+    strides: tuple
+    from_fcn_flags: bool = False
+
+
+def _skip_strides(arch_class, net, output_stride, fcn16, fcn8, fcn4):
+    """The skip strides `arch_class` taps over `net`, coarse to fine, or SegMentorError."""
+    extractor = get_feature_extractor(net)
+    if output_stride not in OUTPUT_STRIDES:
+        raise SegMentorError(f"output stride {output_stride} is not one of "
+                             f"{', '.join(map(str, OUTPUT_STRIDES))}")
+    if output_stride != FEATURE_STRIDE and not extractor.atrous:
+        raise SegMentorError(
+            f"--output_stride {output_stride} needs atrous convolution, which {net} lacks: "
+            f"use --output_stride {FEATURE_STRIDE} or one of {', '.join(ATROUS_NETS)}")
+    taps = arch_class.TAPS
+    decoder = decoder_name(fcn16, fcn8, fcn4)
+    if not taps.from_fcn_flags:
+        if decoder != "fcn32":
+            raise SegMentorError(
+                f"--extended_arch {arch_class.NAME} taps its own strides "
+                f"({', '.join(map(str, taps.strides))}); --fcn16/--fcn8/--fcn4 choose the skips "
+                f"of the FCN family ({', '.join(FCN_FAMILY)}) only: drop --{decoder}")
+        return tuple(stride for stride in taps.strides
+                     if stride < output_stride and stride in extractor.skip_end_points)
+    finest = DECODERS[decoder]
+    if finest < FEATURE_STRIDE and finest >= output_stride:
+        raise SegMentorError(
+            f"--{decoder} adds skips down to stride {finest}, but with --output_stride "
+            f"{output_stride} the encoder output is already there: choose a skip finer "
+            f"than {output_stride} or none")
+    return tuple(stride for stride in taps.strides if output_stride > stride >= finest)
 
 
 def _static_or_dynamic_dim(tensor, axis):
@@ -163,25 +222,47 @@ def _pad_to_multiple(images, multiple):
     return padded, height, width
 
 
+# What a decoder's transposed convs copy from the encoder family's conv2d arg
+# scope: the families scope slim.conv2d only, and a decoder block should get the
+# same normalizer, activation and regularizer whichever op it uses.
+_SHARED_CONV_ARGS = ("activation_fn", "normalizer_fn", "normalizer_params", "weights_initializer",
+                     "weights_regularizer", "biases_initializer", "padding")
+
+
+def _transposed_conv_arg_scope():
+    conv_args = slim.current_arg_scope().get(slim.arg_scope_func_key(slim.conv2d), {})
+    return slim.arg_scope([slim.conv2d_transpose], **{
+        key: value for key, value in conv_args.items() if key in _SHARED_CONV_ARGS})
+
+
 class BaseFcnArch:
     """Decoder skeleton over a registry feature extractor.
 
-    `build_net` calls, in order: `decode_32s`, then for FCN16 and finer
-    `upsample_x2_32s` + `combine_16s`, for FCN8 and finer `upsample_x2_16s` +
-    `combine_8s`, for FCN4 `upsample_x2_8s` + `combine_4s`, and finally
-    `final_upsample`. A subclass changes the decoder by overriding two or three
-    of these; the upsampling blocks default to bilinear transposed convolutions.
+    `build_net` runs the encoder (to `output_stride`), then:
+        net = decode_deepest(features, output_stride)
+        for each tapped skip stride s, coarse to fine:
+            net = combine(upsample(net, previous stride, s, skip), skip, s)
+        logits = head(net, finest stride)   # at the padded input size
+    The decoder state may be class scores (FCN) or features. A decoder is a
+    subclass with a `NAME`, its `TAPS` and two to four of these blocks; the
+    defaults: the encoder output is the state, upsampling is bilinear in x2
+    steps, and the head is a 1x1 class layer followed by `final_upsample`.
+    Decoder convs run in the encoder family's arg scope, so they get its batch
+    norm (none for vgg_16), activation and weight decay.
     """
+    NAME = None
+    TAPS = DecoderTaps(strides=(16, 8, 4), from_fcn_flags=True)
 
     def __init__(self, number_of_classes, is_training, net="vgg_16", fcn16=False, fcn8=False,
                  fcn4=False, trainable_upsampling=False, weight_decay=None,
-                 batch_norm_decay=None):
+                 batch_norm_decay=None, output_stride=FEATURE_STRIDE):
         self.number_of_classes = number_of_classes
         self.is_training = is_training
         self.net = net
         self.feature_extractor = get_feature_extractor(net)
-        self.decoder = decoder_name(fcn16, fcn8, fcn4)
-        self.output_stride = DECODERS[self.decoder]
+        self.output_stride = output_stride
+        self.skip_strides = _skip_strides(type(self), net, output_stride, fcn16, fcn8, fcn4)
+        self.decoder = decoder_name(fcn16, fcn8, fcn4) if self.TAPS.from_fcn_flags else self.NAME
         self.trainable_upsampling = trainable_upsampling
         if batch_norm_decay is not None and not self.feature_extractor.has_batch_norm:
             raise SegMentorError(f"{net} has no batch norm, so a batch-norm decay does not "
@@ -195,27 +276,24 @@ class BaseFcnArch:
 
     # --- blocks a subclass may override ---------------------------------------
 
-    def decode_32s(self, features_32s):
-        """Stride-32 features -> decoder state at stride 32."""
+    def decode_deepest(self, features, stride):
+        """Encoder output [B, H/stride, W/stride, C] -> decoder state at `stride`."""
+        return features
+
+    def upsample(self, net, from_stride, to_stride, skip):
+        """Decoder state at `from_stride` -> at `to_stride`, where `skip` joins next."""
+        while from_stride > to_stride:
+            net = self._upsample(net, 2, f"upsample_{from_stride}s_to_{from_stride // 2}s")
+            from_stride //= 2
+        return net
+
+    def combine(self, upsampled, skip, stride):
+        """Upsampled state and the encoder's map `skip`, both at `stride` -> state at `stride`."""
         raise NotImplementedError
 
-    def combine_16s(self, upsampled, skip_16s):
-        raise NotImplementedError
-
-    def combine_8s(self, upsampled, skip_8s):
-        raise NotImplementedError
-
-    def combine_4s(self, upsampled, skip_4s):
-        raise NotImplementedError
-
-    def upsample_x2_32s(self, net):
-        return self._upsample(net, 2, "upsample_32s_to_16s")
-
-    def upsample_x2_16s(self, net):
-        return self._upsample(net, 2, "upsample_16s_to_8s")
-
-    def upsample_x2_8s(self, net):
-        return self._upsample(net, 2, "upsample_8s_to_4s")
+    def head(self, net, stride):
+        """Decoder state at `stride` -> logits at the padded input size."""
+        return self.final_upsample(self._classify(net), stride)
 
     def final_upsample(self, net, stride):
         """Decoder state at `stride` -> logits at the (padded) input size, in x2 steps.
@@ -231,34 +309,52 @@ class BaseFcnArch:
             stride //= 2
         return net
 
+    # --- helpers for the blocks ---------------------------------------------------
+
     def _upsample(self, net, factor, scope):
         return upsample_bilinear(net, factor, trainable=self.trainable_upsampling, scope=scope)
+
+    def _classify(self, net, scope="logits"):
+        """1x1 class scores: no normalizer, no activation."""
+        return slim.conv2d(net, self.number_of_classes, [1, 1], activation_fn=None,
+                           normalizer_fn=None, biases_initializer=tf.zeros_initializer(),
+                           scope=scope)
+
+    def _conv3x3(self, net, depth, scope, rate=1):
+        """3x3 conv with the family's normalizer and activation; over the MobileNets
+        (`separable_decoder`) a depthwise 3x3 + pointwise 1x1 pair, as their own layers."""
+        if not self.feature_extractor.separable_decoder:
+            return slim.conv2d(net, depth, [3, 3], rate=rate, scope=scope)
+        net = slim.separable_conv2d(net, None, [3, 3], depth_multiplier=1, rate=rate,
+                                    scope=scope + "_depthwise")
+        return slim.conv2d(net, depth, [1, 1], scope=scope + "_pointwise")
 
     # --- the fixed skeleton -----------------------------------------------------
 
     def build_net(self, images):
         """float32 RGB [B, H, W, 3] in 0..255 -> logits [B, H, W, number_of_classes]."""
         extractor = self.feature_extractor
+        atrous = ({} if self.output_stride == FEATURE_STRIDE
+                  else {"output_stride": self.output_stride})
         with tf.variable_scope(tf.get_variable_scope(), custom_getter=self._record_variable):
             padded, height, width = _pad_to_multiple(images, FEATURE_STRIDE)
             with slim.arg_scope(extractor.arg_scope(is_training=self.is_training,
                                                     **self.arg_scope_overrides)):
                 features, end_points = extractor.build(extractor.preprocess(padded),
-                                                       is_training=self.is_training)
-                with tf.variable_scope(DECODER_SCOPE):
+                                                       is_training=self.is_training, **atrous)
+                with tf.variable_scope(DECODER_SCOPE), _transposed_conv_arg_scope():
                     logits = self._decode(features, end_points)
         return logits[:, :height, :width, :]
 
     def _decode(self, features, end_points):
         taps = self.feature_extractor.skip_end_points
-        net = self.decode_32s(features)
-        if self.output_stride <= 16:
-            net = self.combine_16s(self.upsample_x2_32s(net), end_points[taps[16]])
-        if self.output_stride <= 8:
-            net = self.combine_8s(self.upsample_x2_16s(net), end_points[taps[8]])
-        if self.output_stride <= 4:
-            net = self.combine_4s(self.upsample_x2_8s(net), end_points[taps[4]])
-        return self.final_upsample(net, self.output_stride)
+        stride = self.output_stride
+        net = self.decode_deepest(features, stride)
+        for skip_stride in self.skip_strides:
+            skip = end_points[taps[skip_stride]]
+            net = self.combine(self.upsample(net, stride, skip_stride, skip), skip, skip_stride)
+            stride = skip_stride
+        return self.head(net, stride)
 
     def _record_variable(self, getter, name, *args, **kwargs):
         # A custom getter sees variables both when created and when reused by a
@@ -284,24 +380,23 @@ class BaseFcnArch:
 
 
 class FcnArch(BaseFcnArch):
-    """Classic FCN: 1x1 class scores at stride 32, plus scored skips added in.
+    """Classic FCN: 1x1 class scores at the output stride, plus scored skips added in.
 
     Skip score layers start at zero, so at step 0 FCN16/8/4 compute exactly
     FCN32 and training only adds detail the coarse head cannot give; this is
     the "staged" FCN training of the paper done in one run.
     """
+    NAME = "fcn"
 
-    def decode_32s(self, features_32s):
-        return self._score(features_32s, "score_32s", zero_init=False)
+    def decode_deepest(self, features, stride):
+        # 'score_32s' at any output stride: the same variable as in every FCN run.
+        return self._score(features, "score_32s", zero_init=False)
 
-    def combine_16s(self, upsampled, skip_16s):
-        return upsampled + self._score(skip_16s, "score_16s", zero_init=True)
+    def combine(self, upsampled, skip, stride):
+        return upsampled + self._score(skip, f"score_{stride}s", zero_init=True)
 
-    def combine_8s(self, upsampled, skip_8s):
-        return upsampled + self._score(skip_8s, "score_8s", zero_init=True)
-
-    def combine_4s(self, upsampled, skip_4s):
-        return upsampled + self._score(skip_4s, "score_4s", zero_init=True)
+    def head(self, net, stride):
+        return self.final_upsample(net, stride)  # the state already is class scores
 
     def _score(self, features, scope, zero_init):
         initializer = (tf.zeros_initializer() if zero_init
@@ -321,28 +416,121 @@ class RefineFcnArch(FcnArch):
     parameters. Score layers keep FcnArch's zero init, so FCN16 still starts
     as FCN32.
     """
+    NAME = "fcn_refine"
     HEAD_DEPTH_32S = 256
     HEAD_DEPTH_SKIP = 64
 
-    def decode_32s(self, features_32s):
-        net = slim.conv2d(features_32s, self.HEAD_DEPTH_32S, [3, 3], scope="head_32s")
+    def decode_deepest(self, features, stride):
+        net = slim.conv2d(features, self.HEAD_DEPTH_32S, [3, 3], scope="head_32s")
         return self._score(net, "score_32s", zero_init=False)
 
-    def combine_16s(self, upsampled, skip_16s):
-        return upsampled + self._refined_score(skip_16s, "16s")
-
-    def combine_8s(self, upsampled, skip_8s):
-        return upsampled + self._refined_score(skip_8s, "8s")
-
-    def combine_4s(self, upsampled, skip_4s):
-        return upsampled + self._refined_score(skip_4s, "4s")
-
-    def _refined_score(self, skip, stride_name):
-        net = slim.conv2d(skip, self.HEAD_DEPTH_SKIP, [3, 3], scope="head_" + stride_name)
-        return self._score(net, "score_" + stride_name, zero_init=True)
+    def combine(self, upsampled, skip, stride):
+        net = slim.conv2d(skip, self.HEAD_DEPTH_SKIP, [3, 3], scope=f"head_{stride}s")
+        return upsampled + self._score(net, f"score_{stride}s", zero_init=True)
 
 
-ARCHS = {"fcn": FcnArch, "fcn_refine": RefineFcnArch}
+class LinkNetArch(BaseFcnArch):
+    """LinkNet (Chaurasia & Culurciello, 2017, https://arxiv.org/abs/1707.03718).
+
+    Each stage: 1x1 conv to depth/4, 3x3 transposed conv x2, 1x1 conv to the
+    skip's depth, added to the skip (the encoder's features pass straight
+    through, so the decoder stays thin). Head from stride 4, as the paper: 3x3
+    transposed conv x2 to 32 channels, 3x3 conv, 2x2 transposed conv x2 to the
+    classes.
+    """
+    NAME = "linknet"
+    TAPS = DecoderTaps(strides=(16, 8, 4))
+    # depth/4 capped per target stride, so wide encoders (VGG's 4096, ResNet-50's
+    # 2048) stay cheap at high resolution; the caps are ResNet-18's own depth/4.
+    MAX_MIDDLE_DEPTH = {16: 128, 8: 64, 4: 32}
+    HEAD_DEPTH = 32
+
+    def upsample(self, net, from_stride, to_stride, skip):
+        middle = min(net.shape[-1] // 4, self.MAX_MIDDLE_DEPTH[to_stride])
+        with tf.variable_scope(f"block_{to_stride}s"):
+            net = slim.conv2d(net, middle, [1, 1], scope="reduce")
+            net = slim.conv2d_transpose(net, middle, [3, 3], stride=from_stride // to_stride,
+                                        scope="upsample")
+            return slim.conv2d(net, skip.shape[-1], [1, 1], scope="expand")
+
+    def combine(self, upsampled, skip, stride):
+        return upsampled + skip
+
+    def head(self, net, stride):
+        with tf.variable_scope("head"):
+            net = slim.conv2d_transpose(net, self.HEAD_DEPTH, [3, 3], stride=2, scope="upsample")
+            net = self._conv3x3(net, self.HEAD_DEPTH, "conv")
+            logits = slim.conv2d_transpose(net, self.number_of_classes, [2, 2], stride=2,
+                                           activation_fn=None, normalizer_fn=None,
+                                           biases_initializer=tf.zeros_initializer(),
+                                           scope="logits")
+        return self.final_upsample(logits, stride // 4)
+
+
+class UNetArch(BaseFcnArch):
+    """U-Net style decoder (Ronneberger et al., 2015, https://arxiv.org/abs/1505.04597).
+
+    Each stage: bilinear x2, concatenate the skip, two 3x3 conv + normalizer +
+    activation; down to stride 2 (every registered encoder has a stride-2 end
+    point), then 1x1 class scores and a bilinear x2.
+    """
+    NAME = "unet"
+    TAPS = DecoderTaps(strides=(16, 8, 4, 2))
+    # 1x1 on the encoder output first: concatenated with VGG's 4096 channels the
+    # first 3x3 conv would cost more than the whole rest of the decoder.
+    BOTTLENECK_DEPTH = 256
+    # Narrower at higher resolution: the MACs of each stage stay about equal.
+    DEPTH = {16: 128, 8: 64, 4: 32, 2: 16}
+
+    def decode_deepest(self, features, stride):
+        return slim.conv2d(features, self.BOTTLENECK_DEPTH, [1, 1], scope="bottleneck")
+
+    def combine(self, upsampled, skip, stride):
+        net = tf.concat([upsampled, skip], axis=-1)
+        net = self._conv3x3(net, self.DEPTH[stride], f"conv_{stride}s_1")
+        return self._conv3x3(net, self.DEPTH[stride], f"conv_{stride}s_2")
+
+
+class DeepLabV3PlusArch(BaseFcnArch):
+    """DeepLabV3+ (Chen et al., 2018, https://arxiv.org/abs/1802.02611).
+
+    ASPP on the encoder output: a 1x1 conv, three 3x3 atrous convs (rates
+    6/12/18 at output stride 16, doubled at 8, halved at 32) and image-level
+    pooling, concatenated and projected by a 1x1 conv. Decoder: bilinear up to
+    stride 4, concatenated with the stride-4 skip reduced to 48 channels, two
+    3x3 convs, class scores, bilinear to the input size. Widths are half the
+    paper's (ASPP) and a quarter (decoder, at stride 4) for 2-core CPUs.
+    """
+    NAME = "deeplabv3plus"
+    TAPS = DecoderTaps(strides=(4,))
+    ASPP_DEPTH = 128
+    ASPP_RATES_AT_16 = (6, 12, 18)
+    SKIP_DEPTH = 48  # the paper's: few channels, so low-level detail does not outweigh ASPP
+    DECODER_DEPTH = 64
+
+    def decode_deepest(self, features, stride):
+        rates = [rate * 16 // stride for rate in self.ASPP_RATES_AT_16]
+        with tf.variable_scope("aspp"):
+            branches = [slim.conv2d(features, self.ASPP_DEPTH, [1, 1], scope="conv_1x1")]
+            branches += [self._conv3x3(features, self.ASPP_DEPTH, f"conv_3x3_{index}", rate=rate)
+                         for index, rate in enumerate(rates, start=1)]
+            pooled = tf.reduce_mean(features, [1, 2], keepdims=True)
+            pooled = slim.conv2d(pooled, self.ASPP_DEPTH, [1, 1], scope="image_pooling")
+            branches.append(tf.zeros_like(branches[0]) + pooled)  # broadcast over the map
+            return slim.conv2d(tf.concat(branches, axis=-1), self.ASPP_DEPTH, [1, 1],
+                               scope="project")
+
+    def combine(self, upsampled, skip, stride):
+        skip = slim.conv2d(skip, self.SKIP_DEPTH, [1, 1], scope="skip_reduce")
+        net = tf.concat([upsampled, skip], axis=-1)
+        net = self._conv3x3(net, self.DECODER_DEPTH, "decoder_conv_1")
+        return self._conv3x3(net, self.DECODER_DEPTH, "decoder_conv_2")
+
+
+ARCHS = {arch.NAME: arch for arch in (FcnArch, RefineFcnArch, LinkNetArch, UNetArch,
+                                      DeepLabV3PlusArch)}
+# Decoders whose skips --fcn16/--fcn8/--fcn4 choose.
+FCN_FAMILY = tuple(name for name, arch in ARCHS.items() if arch.TAPS.from_fcn_flags)
 
 
 def get_arch_class(name):
@@ -350,14 +538,22 @@ def get_arch_class(name):
         return ARCHS[name]
     except KeyError:
         raise SegMentorError(
-            f"unknown architecture '{name}'; choose one of: {', '.join(ARCHS)}") from None
+            f"unknown decoder '{name}'; choose one of: {', '.join(ARCHS)}") from None
+
+
+def check_arch_settings(arch_name, net, output_stride=FEATURE_STRIDE, fcn16=False, fcn8=False,
+                        fcn4=False):
+    """SegMentorError (one line) if the decoder, encoder, output stride and FCN flags
+    do not fit together; the scripts call it to reject flags before building."""
+    _skip_strides(get_arch_class(arch_name), net, output_stride, fcn16, fcn8, fcn4)
 
 
 def arch_from_runargs(runargs, number_of_classes, is_training):
     """The architecture a run was trained with, from its saved settings (runargs).
 
     Keys: basenet, extended_arch, fcn16, fcn8, fcn4, trainable_upsampling,
-    weight_decay, batch_norm_decay; missing ones take the class defaults.
+    weight_decay, batch_norm_decay, output_stride; missing ones take the class
+    defaults (runs from before --output_stride ran at 32).
     """
     return get_arch_class(runargs.get("extended_arch", "fcn"))(
         number_of_classes, is_training, net=runargs["basenet"],
@@ -365,7 +561,8 @@ def arch_from_runargs(runargs, number_of_classes, is_training):
         fcn4=runargs.get("fcn4", False),
         trainable_upsampling=runargs.get("trainable_upsampling", False),
         weight_decay=runargs.get("weight_decay"),
-        batch_norm_decay=runargs.get("batch_norm_decay"))
+        batch_norm_decay=runargs.get("batch_norm_decay"),
+        output_stride=runargs.get("output_stride", FEATURE_STRIDE))
 
 
 # --- Restoring a slim ImageNet checkpoint ---------------------------------------

@@ -90,6 +90,11 @@ def _check_flag_combinations(parser, args):
                      "with --scratch every layer is new: drop one of them")
     if args.optimizer != "adam" and "epsilon" in changed:
         parser.error(f"--epsilon is Adam's; --optimizer {args.optimizer} has none")
+    try:
+        fcn_arch.check_arch_settings(args.extended_arch, args.basenet, args.output_stride,
+                                     args.fcn16, args.fcn8, args.fcn4)
+    except SegMentorError as err:
+        parser.error(str(err))
     if args.batch_norm_decay is not None and not fcn_arch.get_feature_extractor(
             args.basenet).has_batch_norm:
         parser.error(f"--basenet {args.basenet} has no batch norm: drop --batch_norm_decay")
@@ -114,13 +119,22 @@ def build_parser():
     net.add_argument("--basenet", choices=list(fcn_arch.FEATURE_EXTRACTORS),
                      default=DEFAULT_BASENET,
                      help="feature extractor (encoder; default: %(default)s)")
-    net.add_argument("--fcn16", action="store_true", help="add the stride-16 skip (FCN16)")
-    net.add_argument("--fcn8", action="store_true", help="skips down to stride 8 (FCN8)")
-    net.add_argument("--fcn4", action="store_true", help="skips down to stride 4 (FCN4)")
+    net.add_argument("--fcn16", action="store_true",
+                     help="add the stride-16 skip (FCN16; FCN-family decoders only)")
+    net.add_argument("--fcn8", action="store_true",
+                     help="skips down to stride 8 (FCN8; FCN-family decoders only)")
+    net.add_argument("--fcn4", action="store_true",
+                     help="skips down to stride 4 (FCN4; FCN-family decoders only)")
     net.add_argument("--trainable_upsampling", action="store_true",
                      help="learn the upsampling kernels (they start bilinear either way)")
     net.add_argument("--extended_arch", choices=list(fcn_arch.ARCHS), default="fcn",
-                     help="decoder class (default: %(default)s)")
+                     help="decoder (default: %(default)s); fcn and fcn_refine take "
+                          "--fcn16/--fcn8/--fcn4, the others tap fixed strides")
+    net.add_argument("--output_stride", type=int, choices=fcn_arch.OUTPUT_STRIDES,
+                     default=fcn_arch.FEATURE_STRIDE,
+                     help=f"stride of the encoder output; 16 and 8 turn the later strides "
+                          f"into atrous convolution, same variables "
+                          f"({', '.join(fcn_arch.ATROUS_NETS)}; default: %(default)s)")
     net.add_argument("--weight_decay", type=non_negative_float, default=None,
                      help="L2 weight decay: adds weight_decay * sum(w^2) / 2 over the "
                           "convolution weights of encoder and decoder (not biases, batch norm, "

@@ -37,23 +37,43 @@ _MOBILENET_V1_LAYERS = (
 )
 
 
-def _base(images, end_points):
+def atrous_strides(layer_strides, output_stride):
+    """(stride, dilation rate) per layer so the net ends at `output_stride` (None: no change).
+
+    Once the running stride reaches `output_stride`, each later stride becomes
+    1 and multiplies the dilation rate of the layers after it, so they see the
+    same pixels as without atrous convolution, at a finer output.
+    """
+    current_stride, rate, plan = 1, 1, []
+    for stride in layer_strides:
+        if output_stride is not None and current_stride == output_stride:
+            plan.append((1, rate))
+            rate *= stride
+        else:
+            plan.append((stride, 1))
+            current_stride *= stride
+    return plan
+
+
+def _base(images, end_points, output_stride=None):
     net = images
-    for index, layer in enumerate(_MOBILENET_V1_LAYERS):
+    plan = atrous_strides([layer.stride for layer in _MOBILENET_V1_LAYERS], output_stride)
+    for index, (layer, (stride, rate)) in enumerate(zip(_MOBILENET_V1_LAYERS, plan)):
         name = f"Conv2d_{index}"
         if not layer.separable:
-            net = slim.conv2d(net, layer.depth, _KERNEL, stride=layer.stride, scope=name)
+            net = slim.conv2d(net, layer.depth, _KERNEL, stride=stride, rate=rate, scope=name)
             end_points[name] = net
             continue
-        net = slim.separable_conv2d(net, None, _KERNEL, depth_multiplier=1, stride=layer.stride,
-                                    scope=name + "_depthwise")
+        net = slim.separable_conv2d(net, None, _KERNEL, depth_multiplier=1, stride=stride,
+                                    rate=rate, scope=name + "_depthwise")
         end_points[name + "_depthwise"] = net
         net = slim.conv2d(net, layer.depth, [1, 1], stride=1, scope=name + "_pointwise")
         end_points[name + "_pointwise"] = net
     return net
 
 
-def mobilenet_v1(images, is_training=True, num_classes=None, reuse=None, scope="MobilenetV1"):
+def mobilenet_v1(images, is_training=True, num_classes=None, reuse=None, scope="MobilenetV1",
+                 output_stride=None):
     """MobileNet-v1 1.0 through Conv2d_13_pointwise.
 
     images: float32 RGB scaled to [-1, 1], [B, H, W, 3], any H, W.
@@ -62,11 +82,13 @@ def mobilenet_v1(images, is_training=True, num_classes=None, reuse=None, scope="
         global average pool: (logits [B, num_classes], end_points).
     end_points: 'Conv2d_0', 'Conv2d_<i>_depthwise', 'Conv2d_<i>_pointwise'
         (i = 1..13); e.g. Conv2d_3/5/11_pointwise are at stride 4/8/16.
+    output_stride: None (32), 16 or 8: atrous convolution after that stride
+        (see `atrous_strides`); the variables do not change.
     """
     end_points = {}
     with tf.variable_scope(scope, "MobilenetV1", [images], reuse=reuse), \
             slim.arg_scope([batch_norm, slim.dropout], is_training=is_training):
-        net = _base(images, end_points)
+        net = _base(images, end_points, output_stride)
         if num_classes is None:
             return net, end_points
         with tf.variable_scope("Logits"):

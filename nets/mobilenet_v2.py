@@ -40,15 +40,15 @@ _MOBILENET_V2_BLOCKS = (
 )
 
 
-def _inverted_residual(net, block, scope):
+def _inverted_residual(net, block, scope, stride, rate):
     """expand (1x1, ReLU6) -> depthwise (3x3, ReLU6) -> project (1x1, linear) [+ input]."""
     with tf.variable_scope(scope):
         inputs = net
         input_depth = net.shape[-1]
         if block.expansion > 1:
             net = slim.conv2d(net, input_depth * block.expansion, [1, 1], scope="expand")
-        net = slim.separable_conv2d(net, None, _KERNEL, depth_multiplier=1, stride=block.stride,
-                                    scope="depthwise")
+        net = slim.separable_conv2d(net, None, _KERNEL, depth_multiplier=1, stride=stride,
+                                    rate=rate, scope="depthwise")
         # Linear bottleneck: a ReLU here would destroy information in the narrow output.
         net = slim.conv2d(net, block.depth, [1, 1], activation_fn=None, scope="project")
         if block.stride == 1 and input_depth == block.depth:
@@ -56,19 +56,23 @@ def _inverted_residual(net, block, scope):
         return net
 
 
-def _base(images, end_points):
+def _base(images, end_points, output_stride=None):
     net = slim.conv2d(images, _STEM_DEPTH, _KERNEL, stride=2, scope="Conv")
     end_points["Conv"] = net
-    for index, block in enumerate(_MOBILENET_V2_BLOCKS):
+    # The stem's stride 2 comes first; the blocks' strides follow it.
+    plan = mobilenet_v1.atrous_strides([2] + [block.stride for block in _MOBILENET_V2_BLOCKS],
+                                       output_stride)[1:]
+    for index, (block, (stride, rate)) in enumerate(zip(_MOBILENET_V2_BLOCKS, plan)):
         name = "expanded_conv" if index == 0 else f"expanded_conv_{index}"
-        net = _inverted_residual(net, block, name)
+        net = _inverted_residual(net, block, name, stride, rate)
         end_points[name] = net
     net = slim.conv2d(net, _HEAD_DEPTH, [1, 1], scope="Conv_1")
     end_points["Conv_1"] = net
     return net
 
 
-def mobilenet_v2(images, is_training=True, num_classes=None, reuse=None, scope="MobilenetV2"):
+def mobilenet_v2(images, is_training=True, num_classes=None, reuse=None, scope="MobilenetV2",
+                 output_stride=None):
     """MobileNet-v2 1.0 through Conv_1.
 
     images: float32 RGB scaled to [-1, 1], [B, H, W, 3], any H, W.
@@ -77,11 +81,13 @@ def mobilenet_v2(images, is_training=True, num_classes=None, reuse=None, scope="
         global average pool: (logits [B, num_classes], end_points).
     end_points: 'Conv', 'expanded_conv', 'expanded_conv_1'..'expanded_conv_16',
         'Conv_1'; e.g. expanded_conv_2/5/12 are the last blocks at stride 4/8/16.
+    output_stride: None (32), 16 or 8: atrous convolution after that stride
+        (mobilenet_v1.atrous_strides); the variables do not change.
     """
     end_points = {}
     with tf.variable_scope(scope, "MobilenetV2", [images], reuse=reuse), \
             slim.arg_scope([batch_norm, slim.dropout], is_training=is_training):
-        net = _base(images, end_points)
+        net = _base(images, end_points, output_stride)
         if num_classes is None:
             return net, end_points
         with tf.variable_scope("Logits"):

@@ -72,16 +72,22 @@ def _relative_end_points(end_points, top_scope):
     return relative
 
 
-def _build(generator, images, is_training, num_classes, reuse, scope):
-    """Run a tf_slim ResNet builder in FCN mode (no pooling, no logits) or as a classifier."""
+def _build(generator, images, is_training, num_classes, reuse, scope, output_stride):
+    """Run a tf_slim ResNet builder in FCN mode (no pooling, no logits) or as a classifier.
+
+    output_stride None, 16 or 8: tf_slim's generator turns the later strides
+    into dilation rates (resnet_utils.stack_blocks_dense), same variables.
+    """
     classifier = num_classes is not None
     with slim.arg_scope([batch_norm], is_training=is_training):
         net, end_points = generator(images, num_classes=num_classes, is_training=is_training,
-                                    global_pool=classifier, reuse=reuse, scope=scope)
+                                    global_pool=classifier, reuse=reuse, scope=scope,
+                                    output_stride=output_stride)
     return net, _relative_end_points(end_points, scope)
 
 
-def resnet_v1_50(images, is_training=True, num_classes=None, reuse=None, scope="resnet_v1_50"):
+def resnet_v1_50(images, is_training=True, num_classes=None, reuse=None, scope="resnet_v1_50",
+                 output_stride=None):
     """ResNet-50 v1 (tf_slim's definition).
 
     images: preprocessed float32 [B, H, W, 3], any H, W.
@@ -89,7 +95,8 @@ def resnet_v1_50(images, is_training=True, num_classes=None, reuse=None, scope="
     num_classes int: (logits [B, 1, 1, num_classes] as the official 'logits' layer, end_points).
     end_points keys are relative to `scope`, e.g. 'block3/unit_5/bottleneck_v1'.
     """
-    return _build(slim_resnet_v1.resnet_v1_50, images, is_training, num_classes, reuse, scope)
+    return _build(slim_resnet_v1.resnet_v1_50, images, is_training, num_classes, reuse, scope,
+                  output_stride)
 
 
 def _resnet_v1_18_generator(images, **kwargs):
@@ -108,7 +115,8 @@ def _resnet_v1_18_generator(images, **kwargs):
     return net, end_points
 
 
-def resnet_v1_18(images, is_training=True, num_classes=None, reuse=None, scope="resnet_v1_18"):
+def resnet_v1_18(images, is_training=True, num_classes=None, reuse=None, scope="resnet_v1_18",
+                 output_stride=None):
     """ResNet-18 v1 with the Hailo fork's layout (basic units, stride on the first unit).
 
     images: preprocessed float32 [B, H, W, 3], any H, W.
@@ -118,7 +126,8 @@ def resnet_v1_18(images, is_training=True, num_classes=None, reuse=None, scope="
     'block1/unit_2/res_block_v1' (stride 4), 'block2/unit_2/...' (8) and
     'block3/unit_2/...' (16), are the deepest maps at each stride.
     """
-    return _build(_resnet_v1_18_generator, images, is_training, num_classes, reuse, scope)
+    return _build(_resnet_v1_18_generator, images, is_training, num_classes, reuse, scope,
+                  output_stride)
 
 
 def arg_scope(is_training=True, weight_decay=WEIGHT_DECAY, batch_norm_decay=BATCH_NORM_DECAY):

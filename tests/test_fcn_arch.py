@@ -18,9 +18,10 @@ NUM_CLASSES = 5
 SIZES = [(64, 64), (97, 131)]  # a square, and an odd size that is no multiple of 32
 
 
-# Every encoder under the classic FCN; the other decoders over two encoders.
+# Every encoder under the classic FCN; the rest of the FCN family over two encoders.
 ARCH_CASES = [(net, "fcn") for net in FEATURE_EXTRACTORS] + [
-    (net, arch) for arch in ARCHS if arch != "fcn" for net in ("mobilenet_v1", "resnet_v1_18")]
+    (net, arch) for arch in fcn_arch.FCN_FAMILY if arch != "fcn"
+    for net in ("mobilenet_v1", "resnet_v1_18")]
 
 
 @pytest.mark.parametrize("net,arch_name", everyday_or_slow(ARCH_CASES))
@@ -144,7 +145,7 @@ def test_unknown_feature_extractor_lists_the_choices():
 
 
 def test_finer_decoder_implies_the_coarser_skips():
-    assert FcnArch(2, False, net="mobilenet_v1", fcn8=True).output_stride == 8
+    assert FcnArch(2, False, net="mobilenet_v1", fcn8=True).skip_strides == (16, 8)
     assert FcnArch(2, False, net="mobilenet_v1", fcn4=True).decoder == "fcn4"
     assert FcnArch(2, False, net="mobilenet_v1").decoder == "fcn32"
 
