@@ -1,13 +1,16 @@
 """Fully convolutional segmentation networks: feature extractor + decoder.
 
-`BaseFcnArch` is the decoder skeleton: decode the stride-32 features, then
-(optionally) upsample x2 and combine with the stride-16, 8 and 4 feature maps,
-then upsample to the input size. `FcnArch` fills the blocks in as the classic
-FCN32/16/8/4 of Long et al. (2015), over any feature extractor of the
-`FEATURE_EXTRACTORS` registry. `ARCHS` maps `--extended_arch` names to classes.
+`BaseFcnArch` is the decoder skeleton: decode the encoder output (stride 32,
+or 16/8 with atrous encoders), then per tapped skip upsample and combine it
+with the encoder's map at that stride, then a class head at the input size.
+`FcnArch` fills the blocks in as the classic FCN32/16/8/4 of Long et al.
+(2015); `LinkNetArch`, `UNetArch` and `DeepLabV3PlusArch` are decoders with
+their own taps. All run over any feature extractor of the `FEATURE_EXTRACTORS`
+registry. `ARCHS` maps `--extended_arch` names to classes.
 
 Usage:
     arch = FcnArch(number_of_classes=21, is_training=True, net='mobilenet_v1', fcn16=True)
+    arch = ARCHS['deeplabv3plus'](21, is_training=True, net='resnet_v1_18', output_stride=16)
     logits = arch.build_net(images)  # images: float32 [B, H, W, 3] RGB 0..255
 
 This module knows nothing about files, flags or sessions, beyond turning a
@@ -644,12 +647,26 @@ _MACS_BY_OP_TYPE = {
 }
 
 
-def network_stats(net, decoder, number_of_classes, pixels, arch_name="fcn"):
-    """(trainable parameters, multiply-accumulates) of one network on a pixels x pixels image."""
+# Rows of the --stats table: the FCN depths (built with --extended_arch, an FCN-family
+# class), then every decoder with its own taps.
+STATS_DECODERS = tuple(DECODERS) + tuple(name for name in ARCHS if name not in FCN_FAMILY)
+
+
+def network_stats(net, decoder, number_of_classes, pixels, arch_name="fcn",
+                  output_stride=FEATURE_STRIDE):
+    """(trainable parameters, multiply-accumulates) of one network on a pixels x pixels image.
+
+    decoder: an FCN depth ('fcn16', built with the FCN-family class `arch_name`) or
+    the name of a decoder with its own taps ('unet').
+    """
+    if decoder in DECODERS:
+        arch_class, flags = get_arch_class(arch_name), decoder_flags(decoder)
+    else:
+        arch_class, flags = get_arch_class(decoder), {}
     with tf.Graph().as_default() as graph:
         images = tf.placeholder(tf.float32, [1, pixels, pixels, 3])
-        arch = get_arch_class(arch_name)(number_of_classes, is_training=False, net=net,
-                                         **decoder_flags(decoder))
+        arch = arch_class(number_of_classes, is_training=False, net=net,
+                          output_stride=output_stride, **flags)
         arch.build_net(images)
         params = sum(v.shape.num_elements() for v in tf.trainable_variables())
         macs = sum(_MACS_BY_OP_TYPE[op.type](op) for op in graph.get_operations()
@@ -659,15 +676,21 @@ def network_stats(net, decoder, number_of_classes, pixels, arch_name="fcn"):
 
 def build_parser():
     parser = CheckedArgumentParser(
-        description="Inspect the FCN architectures. --stats prints parameters and "
+        description="Inspect the architectures. --stats prints parameters and "
                     "multiply-accumulates (GMACs) for every feature extractor x decoder.")
     parser.add_argument("--stats", action="store_true", help="print the statistics table")
     parser.add_argument("--nets", nargs="+", choices=list(FEATURE_EXTRACTORS),
                         default=list(FEATURE_EXTRACTORS), help="feature extractors to include")
-    parser.add_argument("--decoders", nargs="+", choices=list(DECODERS),
-                        default=list(DECODERS), help="decoders to include")
-    parser.add_argument("--extended_arch", choices=list(ARCHS), default="fcn",
-                        help="architecture class (default: %(default)s)")
+    parser.add_argument("--decoders", nargs="+", choices=STATS_DECODERS,
+                        default=list(STATS_DECODERS),
+                        help="decoders to include: FCN depths and the decoders with their "
+                             "own taps (default: all)")
+    parser.add_argument("--extended_arch", choices=FCN_FAMILY, default="fcn",
+                        help="FCN-family class of the fcn32..fcn4 rows (default: %(default)s)")
+    parser.add_argument("--output_stride", type=int, choices=OUTPUT_STRIDES,
+                        default=FEATURE_STRIDE,
+                        help=f"encoder output stride; below {FEATURE_STRIDE} only for "
+                             f"{', '.join(ATROUS_NETS)} (default: %(default)s)")
     parser.add_argument("--num_classes", type=int, default=21,
                         help="classes of the score layers (default: %(default)s, Pascal VOC)")
     parser.add_argument("--pixels", type=int, default=512,
@@ -684,13 +707,13 @@ def main(args):
         raise SegMentorError(
             f"--num_classes must be >= 1 and --pixels >= {FEATURE_STRIDE} "
             f"(got {args.num_classes}, {args.pixels})")
-    print(f"{'network':<14} {'decoder':<8} {'params (M)':>10} "
+    print(f"{'network':<14} {'decoder':<14} {'params (M)':>10} "
           f"{f'GMACs @{args.pixels}':>12} {'classes':>8}")
     for net in args.nets:
         for decoder in args.decoders:
             params, macs = network_stats(net, decoder, args.num_classes, args.pixels,
-                                         args.extended_arch)
-            print(f"{net:<14} {decoder:<8} {params / 1e6:>10.2f} {macs / 1e9:>12.2f} "
+                                         args.extended_arch, args.output_stride)
+            print(f"{net:<14} {decoder:<14} {params / 1e6:>10.2f} {macs / 1e9:>12.2f} "
                   f"{args.num_classes:>8}", flush=True)
 
 
