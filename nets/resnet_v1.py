@@ -76,7 +76,10 @@ def _build(generator, images, is_training, num_classes, reuse, scope, output_str
     """Run a tf_slim ResNet builder in FCN mode (no pooling, no logits) or as a classifier.
 
     output_stride None, 16 or 8: tf_slim's generator turns the later strides
-    into dilation rates (resnet_utils.stack_blocks_dense), same variables.
+    into dilation rates (resnet_utils.stack_blocks_dense), same variables. It
+    raises the rate after a unit, so in resnet_v1_18 (stride on a unit's first
+    conv) that unit's second conv keeps the old rate: it sees a 2x smaller
+    window than without atrous convolution; later units see the same.
     """
     classifier = num_classes is not None
     with slim.arg_scope([batch_norm], is_training=is_training):

@@ -180,9 +180,11 @@ def test_stats_agree_with_published_seg_mentor_figures():
 def test_stats_command_prints_a_row_per_network_and_decoder():
     result = subprocess.run(
         [sys.executable, "fcn_arch.py", "--stats", "--nets", "mobilenet_v1",
-         "--decoders", "fcn32", "fcn16", "--pixels", "128"],
+         "--decoders", "fcn32", "fcn16", "unet", "--pixels", "128"],
         cwd=pathlib.Path(fcn_arch.__file__).parent, capture_output=True, text=True, check=True)
     rows = result.stdout.strip().splitlines()
     assert rows[0].split()[:3] == ["network", "decoder", "params"]
     assert [row.split()[:2] for row in rows[1:]] == [
-        ["mobilenet_v1", "fcn32"], ["mobilenet_v1", "fcn16"]]
+        ["mobilenet_v1", "fcn32"], ["mobilenet_v1", "fcn16"], ["mobilenet_v1", "unet"]]
+    fcn16_params, unet_params = (float(row.split()[2]) for row in rows[2:])
+    assert unet_params > fcn16_params  # the U-Net decoder's convs are counted
