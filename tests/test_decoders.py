@@ -150,3 +150,21 @@ def test_arch_from_runargs_reads_the_output_stride_with_32_for_older_runs():
     arch = fcn_arch.arch_from_runargs(new, NUM_CLASSES, False)
     assert (type(arch), arch.output_stride, arch.decoder) == (
         fcn_arch.DeepLabV3PlusArch, 16, "deeplabv3plus")
+
+
+def test_fcn_skips_below_the_output_stride_still_start_at_zero():
+    """--fcn8 --output_stride 16 adds one zero-initialised stride-8 skip: at step 0 it
+    computes exactly FCN32 at output stride 16."""
+    with tf.Graph().as_default():
+        images = tf.placeholder(tf.float32, [1, 45, 67, 3])
+        with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+            logits = {decoder: ARCHS["fcn"](NUM_CLASSES, False, net="mobilenet_v1",
+                                            output_stride=16,
+                                            **fcn_arch.decoder_flags(decoder)).build_net(images)
+                      for decoder in ("fcn32", "fcn8")}
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            values = sess.run(logits, {images: np.random.RandomState(1).uniform(
+                0, 255, (1, 45, 67, 3))})
+    assert values["fcn8"].shape == (1, 45, 67, NUM_CLASSES)
+    np.testing.assert_allclose(values["fcn8"], values["fcn32"], rtol=1e-5, atol=1e-4)
