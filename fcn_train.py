@@ -48,6 +48,9 @@ DEFAULT_VAL_FRACTION = 0.25
 DEFAULT_AUGMENT = AugmentParams()    # the flip, scale and stretch of training batches
 # Flags a resumed run may change: where things are on this machine, not what is trained.
 RESUME_OVERRIDES = ("gpu", "datapath")
+# Flags added after runs were made whose default is what those runs did: a
+# resumed run without them in its runargs gets the default.
+ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT = ("output_stride",)
 
 positive_int = bounded(int, low=0, low_inclusive=False)
 non_negative_int = bounded(int, low=0)
@@ -294,6 +297,8 @@ def run_settings(args):
 
 def _resumed_settings(args):
     settings = read_runargs(args.resume)
+    for name in ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT:
+        settings.setdefault(name, build_parser().get_default(name))
     expected = set(vars(args)) - {"resume"} | set(training_loop.PLAN_KEYS)
     missing = sorted(expected - set(settings))
     if missing:
