@@ -4,6 +4,7 @@ import pytest
 
 import fcn_arch
 import fcn_train
+from everyday import everyday_or_slow
 from fcn_arch import ARCHS, ATROUS_NETS, FCN_FAMILY, FEATURE_EXTRACTORS
 from nets.mobilenet_v1 import atrous_strides
 from reference_lists import feature_extractor_variables
@@ -13,18 +14,15 @@ from utils.tfcompat import tf
 NUM_CLASSES = 3
 SIZES = [(64, 64), (45, 67)]  # a square, and an odd size that is no multiple of 32
 NEW_DECODERS = [name for name in ARCHS if name not in FCN_FAMILY]
-# Three graphs per encoder take 10-20 s of CPU (vgg_16, resnet_v1_50 and
-# inception_v1 twice that): one encoder in the quick suite, the rest marked slow.
-QUICK_NET = "mobilenet_v1"
-NET_PARAMS = [net if net == QUICK_NET else pytest.param(net, marks=pytest.mark.slow)
-              for net in FEATURE_EXTRACTORS]
 
 
 def variable_shapes(variables):
     return {name: tuple(var.shape.as_list()) for name, var in variables.items()}
 
 
-@pytest.mark.parametrize("net", NET_PARAMS)
+# Three graphs per encoder take 10-20 s of CPU (vgg_16, resnet_v1_50 and
+# inception_v1 twice that): only mobilenet_v1 runs every day.
+@pytest.mark.parametrize("net", everyday_or_slow(FEATURE_EXTRACTORS, everyday=["mobilenet_v1"]))
 def test_every_decoder_keeps_input_size_and_the_checkpoint_variables(net):
     """Each new decoder over the encoder: logits keep H and W (also not a multiple of
     32), and the encoder still has exactly the official checkpoint's variables while
@@ -57,9 +55,7 @@ def test_every_decoder_keeps_input_size_and_the_checkpoint_variables(net):
             extractor.separable_decoder), name
 
 
-@pytest.mark.parametrize("net", [
-    net if net in ("mobilenet_v1", "resnet_v1_18") else pytest.param(net, marks=pytest.mark.slow)
-    for net in ATROUS_NETS])
+@pytest.mark.parametrize("net", everyday_or_slow(ATROUS_NETS))
 def test_output_stride_16_and_8_keep_the_variables_and_refine_the_features(net):
     shapes, feature_sides = {}, {}
     for output_stride in fcn_arch.OUTPUT_STRIDES:
