@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from utils.augmentation import (CROP_TOO_LARGE_PHRASE, IMAGENET_MEAN_RGB, NO_AUGMENT,
-                                AugmentParams, eval_image_sizing, eval_sizing, photometric,
-                                train_crop, train_sizing)
+                                AugmentParams, eval_sizing, photometric, train_crop,
+                                train_sizing)
 from utils.datasets import IGNORE_LABEL
 from utils.tfcompat import tf
 
@@ -119,14 +119,6 @@ def test_eval_sizing_with_zero_pixels_keeps_native_size():
     assert (valid_height, valid_width) == (HEIGHT, WIDTH)
     np.testing.assert_array_equal(image, source_image.astype(np.float32))
     np.testing.assert_array_equal(label, source_label[..., 0])
-
-
-@pytest.mark.parametrize("pixels", [32, 0])
-def test_image_only_eval_sizing_equals_the_paired_sizing(pixels):
-    image, _, valid_height, valid_width = _run(lambda i, l: eval_sizing(i, l, pixels))
-    alone = _run(lambda i, l: eval_image_sizing(i, pixels))
-    np.testing.assert_array_equal(alone[0], image)
-    assert tuple(alone[1:]) == (valid_height, valid_width)
 
 
 def test_bad_ranges_are_rejected():

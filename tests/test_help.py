@@ -24,6 +24,8 @@ ENTRY_POINTS = {
     "utils.shapes.__main__": "utils/shapes",  # `python -m utils.shapes`
     "utils.data_bench": "utils/data_bench.py",
     "utils.train_bench": "utils/train_bench.py",
+    "utils.compare_runs": "utils/compare_runs.py",
+    "utils.check_dataset": "utils/check_dataset.py",
 }
 
 

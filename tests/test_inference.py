@@ -6,7 +6,8 @@ import pytest
 
 from utils.errors import SegMentorError
 from utils.inference import (ScoreAccumulator, bootstrap_miou_ci, confusion_matrix,
-                             iou_counts, segmentation_metrics)
+                             difference_verdict, iou_counts, paired_bootstrap_miou_difference,
+                             per_image_scores, segmentation_metrics)
 
 IGNORE = 255
 
@@ -125,3 +126,74 @@ def test_score_accumulator_equals_scoring_everything_at_once():
     np.testing.assert_array_equal(scores.confusion, confusion_matrix(labels, predictions, 3, IGNORE))
     per_image = np.stack([confusion_matrix(l, p, 3, IGNORE) for l, p in zip(labels, predictions)])
     assert scores.miou_ci(n_resamples=200) == bootstrap_miou_ci(per_image, n_resamples=200)
+
+
+def _confusions_of_images(num_images, num_classes, error_rate, seed):
+    """Per-image confusion matrices [N, C, C] of random labels with `error_rate` of pixels wrong."""
+    rng = np.random.default_rng(seed)
+    confusions = []
+    for _ in range(num_images):
+        labels = rng.integers(0, num_classes, size=400)
+        wrong = rng.random(400) < error_rate
+        predictions = np.where(wrong, (labels + 1) % num_classes, labels)
+        confusions.append(confusion_matrix(labels, predictions, num_classes, IGNORE))
+    return np.stack(confusions)
+
+
+def test_paired_difference_of_identical_runs_is_exactly_zero():
+    counts = iou_counts(_confusions_of_images(12, 3, 0.3, seed=0))
+    difference, low, high = paired_bootstrap_miou_difference(counts, counts)
+    assert (difference, low, high) == (0.0, 0.0, 0.0)
+    assert difference_verdict(low, high) == "no detectable difference"
+
+
+def test_paired_difference_sees_a_run_better_on_every_image():
+    worse = _confusions_of_images(12, 3, 0.3, seed=0)
+    better = _confusions_of_images(12, 3, 0.1, seed=0)  # same labels, fewer errors
+    difference, low, high = paired_bootstrap_miou_difference(iou_counts(worse), iou_counts(better))
+    expected = (segmentation_metrics(better.sum(0), ["a", "b", "c"])["miou"]
+                - segmentation_metrics(worse.sum(0), ["a", "b", "c"])["miou"])
+    assert difference == pytest.approx(expected) and expected > 0.2
+    assert 0 < low <= difference <= high
+    assert difference_verdict(low, high, "A", "B") == "B better"
+    _, low, high = paired_bootstrap_miou_difference(iou_counts(better), iou_counts(worse))
+    assert difference_verdict(low, high) == "A better"
+
+
+def test_pairing_narrows_the_interval_when_images_differ_in_difficulty():
+    """Images range from easy to hard; B fixes a few more pixels of each. The paired
+    interval sees that; two separate intervals overlap widely."""
+    rates = np.linspace(0.05, 0.6, 20)
+    easy_to_hard = [_confusions_of_images(1, 3, rate, seed=index)[0]
+                    for index, rate in enumerate(rates)]
+    a = iou_counts(np.stack(easy_to_hard))
+    b = iou_counts(np.stack([_confusions_of_images(1, 3, rate - 0.03, seed=index)[0]
+                             for index, rate in enumerate(rates)]))
+    _, low, high = paired_bootstrap_miou_difference(a, b)
+    a_low, a_high = bootstrap_miou_ci(easy_to_hard)
+    assert low > 0 and high - low < (a_high - a_low) / 2
+
+
+def test_paired_difference_needs_the_same_images():
+    counts = iou_counts(_confusions_of_images(4, 3, 0.2, seed=0))
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap_miou_difference(counts, counts[:3])
+
+
+def test_per_image_scores_of_hand_made_images():
+    confusions = np.array([[[2, 0], [0, 2]],    # perfect
+                           [[1, 1], [0, 0]],    # truth all class 0, half called 1
+                           [[0, 0], [0, 0]]])   # every pixel ignored
+    pixel_accuracy, miou, iou = per_image_scores(iou_counts(confusions))
+    np.testing.assert_allclose(pixel_accuracy[:2], [1.0, 0.5])
+    np.testing.assert_allclose(iou[:2], [[1.0, 1.0], [0.5, 0.0]])  # 1 / (2 + 1 - 1); 0 / 1
+    np.testing.assert_allclose(miou[:2], [1.0, 0.25])
+    assert np.isnan(pixel_accuracy[2]) and np.isnan(miou[2]) and np.isnan(iou[2]).all()
+
+
+def test_score_accumulator_keeps_names_and_per_image_counts():
+    scores = ScoreAccumulator(2, IGNORE)
+    scores.add(np.array([0, 1]), np.array([0, 1]), "a.png")
+    scores.add(np.array([0, IGNORE]), np.array([1, 1]), "b.png")
+    assert scores.names == ["a.png", "b.png"]
+    np.testing.assert_array_equal(scores.per_image_counts[1], [[0, 0], [1, 0], [0, 1]])

@@ -28,13 +28,11 @@ from nbclient import NotebookClient
 from PIL import Image
 
 import fcn_test
-from utils import shapes
-from utils.datasets import IGNORE_LABEL, load_dataset, write_dataset_meta
+from utils import compare_runs, shapes
+from utils.datasets import IGNORE_LABEL, write_dataset_meta
 from utils.errors import EXIT_USER_ERROR, run_main
-from utils.feeder import make_eval_dataset
-from utils.prediction import SplitPredictor, TrainedRun, predictions_at_source_size
+from utils.prediction import SplitPredictor, TrainedRun
 from utils.tf_records import RecordWriter, encode_label_png
-from utils.tfcompat import tf
 from utils.visualization import IGNORE_COLOR, normalized_confusion
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -119,40 +117,6 @@ def read_metrics(outdir):
         return json.load(f)
 
 
-@pytest.mark.parametrize("pixels, min_agreement", [(0, 1.0), (128, 0.995), (48, 0.98)])
-def test_predictions_undo_the_eval_sizing(data, pixels, min_agreement):
-    """Scores shaped like the sized labels come back as the source labels.
-
-    A perfect network's logits are the one-hot sized label; cropping and
-    resizing them must land every class where the source label has it (up to
-    boundary pixels lost when the image was shrunk).
-    """
-    datapath, _ = data
-    spec = load_dataset(DATASET, str(datapath))
-    with tf.Graph().as_default(), tf.Session() as sess:
-        batch = tf.data.make_one_shot_iterator(
-            make_eval_dataset(spec, str(datapath), "val", pixels, batch_size=2)).get_next()
-        sized_label = tf.where(batch["label"] == IGNORE_LABEL, tf.zeros_like(batch["label"]),
-                               batch["label"])
-        perfect_logits = tf.one_hot(sized_label, spec.num_classes)
-        predictions = predictions_at_source_size(perfect_logits, batch["valid_height"],
-                                                 batch["valid_width"], batch["height"],
-                                                 batch["width"])
-        num_images = 0
-        while True:
-            try:
-                values = sess.run(dict(batch, predictions=predictions))
-            except tf.errors.OutOfRangeError:
-                break
-            for index, (height, width) in enumerate(zip(values["height"], values["width"])):
-                label = values["native_label"][index, :height, :width]
-                prediction = values["predictions"][index, :height, :width]
-                valid = label != IGNORE_LABEL
-                assert np.mean(prediction[valid] == label[valid]) >= min_agreement
-                num_images += 1
-    assert num_images == len(VAL_SIZES)
-
-
 @pytest.mark.slow  # uses the trained run
 def test_metrics_json_fields_and_ranges(default_eval):
     _, outdir = default_eval
@@ -212,6 +176,61 @@ def test_saved_predictions_reproduce_the_reported_miou(default_eval, data):
     assert conf.sum() == sum(np.sum(label != IGNORE_LABEL) for label in labels)
 
 
+@pytest.mark.slow  # uses the trained run
+def test_per_image_csv_scores_each_saved_prediction(default_eval, data):
+    _, outdir = default_eval
+    _, val_labels = data
+    with open(outdir / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["image"] for row in rows] == sorted(val_labels)  # file order
+    assert list(rows[0]) == ["image", "pixel_accuracy", "miou", *shapes.CLASS_NAMES]
+    for row in rows:
+        label = val_labels[row["image"]]
+        prediction = np.array(Image.open(outdir / "predictions" / row["image"]))
+        valid = label != IGNORE_LABEL
+        assert float(row["pixel_accuracy"]) == pytest.approx(
+            np.mean(prediction[valid] == label[valid]), abs=1e-4)
+        assert float(row["miou"]) == pytest.approx(
+            _numpy_miou([label], [prediction], len(shapes.CLASS_NAMES)), abs=1e-4)
+        for class_id, name in enumerate(shapes.CLASS_NAMES):
+            present = np.any(valid & ((label == class_id) | (prediction == class_id)))
+            assert (row[name] != "") == present, (row["image"], name)
+
+
+@pytest.mark.slow  # uses the trained run
+def test_the_worst_images_are_drawn_worst_first(default_eval):
+    _, outdir = default_eval
+    with open(outdir / "per_image.csv") as f:
+        mious = {row["image"]: float(row["miou"]) for row in csv.DictReader(f)}
+    ranked = sorted(mious, key=lambda name: (mious[name], name))
+    drawn = sorted(os.listdir(outdir / "viz" / "worst"))
+    assert drawn == [f"{rank:02d}_{name}" for rank, name in enumerate(ranked, start=1)]  # 5 < 8
+    width, height = Image.open(outdir / "viz" / "worst" / drawn[0]).size
+    assert width > height
+
+
+@pytest.mark.slow  # uses the trained run
+def test_console_shows_images_per_second(default_eval):
+    stdout, outdir = default_eval
+    assert re.search(r"^5 images at \d+\.\d images/s", stdout, re.MULTILINE), stdout
+    assert read_metrics(outdir)["images_per_sec"] > 0
+
+
+@pytest.mark.slow  # uses the trained run
+def test_test_time_augmentation_and_tiles_are_recorded(run_dir, data, tmp_path):
+    _, val_labels = data
+    assert run_fcn_test("--traindir", run_dir, "--pixels", 0, "--scales", 1, 0.5, "--flip",
+                        "--tile", 32, 40, "--overlap", 0.25, "--save_predictions",
+                        "--last2viz", 0) == 0
+    outdir = run_dir / f"test_val_{SNAPSHOT_STEPS[-1]}_s1-0.5_flip_tile32x40o0.25"
+    metrics = read_metrics(outdir)
+    assert metrics["test_time"] == {"pixels": 0, "scales": [1.0, 0.5], "flip": True,
+                                    "tile": [32, 40], "overlap": 0.25}
+    assert metrics["num_images"] == len(VAL_SIZES) and 0 <= metrics["miou"] <= 1
+    for name, label in val_labels.items():
+        assert np.array(Image.open(outdir / "predictions" / name)).shape == label.shape
+
+
 def _pixels_of(picture, color, tolerance=0):
     return int(np.sum(np.all(np.abs(picture[..., :3].astype(int) - color) <= tolerance, axis=-1)))
 
@@ -222,7 +241,7 @@ def test_pictures_of_the_chosen_images_and_the_confusion_heat_map(default_eval, 
     (panels and legend), and no other class; the heat map shows the confusion.csv values."""
     _, outdir = default_eval
     _, val_labels = data
-    assert sorted(os.listdir(outdir / "viz")) == ["val_01.png", "val_02.png"]  # --first2viz 1 --last2viz 3
+    assert sorted(os.listdir(outdir / "viz")) == ["val_01.png", "val_02.png", "worst"]  # --first2viz 1 --last2viz 3
     for name in ("val_01.png", "val_02.png"):
         picture = np.array(Image.open(outdir / "viz" / name).convert("RGB"))
         prediction = np.array(Image.open(outdir / "predictions" / name))
@@ -252,7 +271,7 @@ def test_native_and_fixed_size_inference_return_source_sizes(run_dir, data, tmp_
     metrics = read_metrics(tmp_path)
     assert metrics["step"] == (afteriter or SNAPSHOT_STEPS[-1])
     assert metrics["num_images"] == len(VAL_SIZES) and 0 <= metrics["miou"] <= 1
-    assert not (tmp_path / "viz").exists()
+    assert os.listdir(tmp_path / "viz") == ["worst"]
     for name, label in val_labels.items():
         assert np.array(Image.open(tmp_path / "predictions" / name)).shape == label.shape
 
@@ -288,7 +307,7 @@ def test_images_and_video_are_segmented_at_their_own_size(run_dir, tmp_path, cap
     _write_video(video, VIDEO_FRAMES, *VIDEO_SIZE)
     outdir = tmp_path / "out"
     assert run_fcn_test("--traindir", run_dir, "--imagepath", photos, "--moviepath", video,
-                        "--outdir", outdir) == 0
+                        "--outdir", outdir, "--scales", 1, 0.75, "--flip") == 0
     for stem, (height, width) in (("a", (47, 83)), ("b", (60, 31))):
         for kind in ("prediction", "overlay"):
             picture = Image.open(outdir / f"{stem}_{kind}.png")
@@ -357,6 +376,8 @@ def test_bad_input_is_one_error_line(run_dir, tmp_path, capsys, case):
      "--batch_size, --last2viz only apply when scoring a split"),
     (["--moviepath", "x.mp4", "--save_predictions"], "--save_predictions .* not of a --moviepath"),
     (["--best", "--afteriter", "4"], "--best and --afteriter each pick the checkpoint: give one"),
+    (["--overlap", "0.2"], "--overlap only applies to sliding windows: add --tile H W"),
+    (["--scales", "1", "0"], "--scales: must be > 0, got 0"),
 ])
 def test_flag_combinations_that_cannot_work_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -389,14 +410,40 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(run_dir, tmp_pat
 
 
 @pytest.mark.slow  # uses the trained run
-def test_only_the_drawn_images_are_fetched(run_dir):
+def test_split_items_carry_the_source_image_label_and_prediction(run_dir, data):
+    _, val_labels = data
     run = TrainedRun(str(run_dir))
-    with SplitPredictor(run, run.checkpoint(), "val", pixels=0, batch_size=2,
-                        image_indices={1, 2}) as split:
+    plan = run.inference_plan(pixels=0)
+    with run.predictor(run.checkpoint()) as predictor, SplitPredictor(
+            predictor, run.dataset(), run.datapath, "val", plan, batch_size=2) as split:
         items = list(split)
-    assert [item.image is not None for item in items] == [False, True, True, False, False]
-    for item in items[1:3]:
+    assert [item.filename for item in items] == sorted(val_labels)
+    for item in items:
+        np.testing.assert_array_equal(item.label, val_labels[item.filename])
         assert item.image.shape == item.label.shape + (3,) and item.image.dtype == np.uint8
+        assert item.prediction.shape == item.label.shape and item.prediction.dtype == np.uint8
+
+
+@pytest.mark.slow  # uses the trained run
+def test_compare_runs_reuses_fcn_test_outputs_and_scores_the_rest(run_dir, default_eval,
+                                                                   tmp_path, capsys):
+    step = SNAPSHOT_STEPS[-1]
+    twin = tmp_path / "twin"  # the same weights, called another seed of the recipe
+    shutil.copytree(run_dir, twin)
+    runargs = json.loads((twin / "runargs").read_text())
+    (twin / "runargs").write_text(json.dumps(dict(runargs, seed=runargs["seed"] + 1)))
+    shutil.rmtree(twin / f"test_val_{step}")
+    capsys.readouterr()
+    assert run_main(compare_runs.main, compare_runs.build_parser(),
+                    [str(run_dir), str(twin)]) == 0
+    out = capsys.readouterr().out
+    assert f"A: reusing {run_dir / f'test_val_{step}'}" in out
+    assert f"B: scoring {twin} (step {step}) into {twin / f'test_val_{step}'}" in out
+    assert (twin / f"test_val_{step}" / "per_image_counts.npz").is_file()
+    assert re.search(r"^B - A: mIoU \+0\.0 \[\+0\.0, \+0\.0\] .*: no detectable difference$",
+                     out, re.MULTILINE), out
+    seeds = f"{runargs['seed']}, {runargs['seed'] + 1}"
+    assert f"2 runs of one recipe (seeds {seeds}): mIoU " in out and "± 0.0" in out
 
 
 @pytest.mark.slow  # uses the trained run

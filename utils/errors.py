@@ -41,16 +41,17 @@ def run_main(main, parser, argv=None):
 
     Ctrl-C outside a loop that handles it (graph building, data generation,
     a second Ctrl-C) also ends in one line rather than a traceback.
-    Returns the process exit code (0 on success) so callers can `sys.exit` it.
+    Returns the process exit code so callers can `sys.exit` it: what `main`
+    returns (a checker's "problems found" status), else 0.
     """
     args = parser.parse_args(argv)
     prog = parser.prog or "seg-mentor"
     try:
-        main(args)
+        status = main(args)
     except SegMentorError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
+    return status or 0

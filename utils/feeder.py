@@ -19,7 +19,7 @@ shuffled with a seed made of (seed, e), and example i of the stream is
 augmented with seed (seed, i). A run resumed at step s (`start_step=s`)
 therefore gets exactly the batches the uninterrupted run would have got.
 
-`make_eval_dataset` is the single-split pipeline of fcn_test.
+`make_split_dataset` is the single-split pipeline of fcn_test.
 """
 import contextlib
 import math
@@ -205,44 +205,19 @@ def _first_image_size(path):
 
 
 
-def make_eval_dataset(spec, datapath, split, pixels, batch_size=1):
-    """Batches of one split, sized as in validation, in file order, one pass.
+def make_split_dataset(spec, datapath, split):
+    """The images of one split at their source size, in file order, one pass.
 
-    pixels > 0: larger side scaled to `pixels`, padded bottom/right to a square;
-    pixels = 0: native size, a batch padded bottom/right to its largest image.
-    Elements are dicts:
-        image         float32 [B, P, P, 3] RGB 0..255 (padding = IMAGENET_MEAN_RGB)
-        label         int32 [B, P, P], the label sized like the image (IGNORE_LABEL on padding)
-        native_label  int32 [B, H, W], the label at source resolution (padded with IGNORE_LABEL)
-        height, width int32 [B], the source size
-        valid_height, valid_width  int32 [B], the image's region in `image`: a prediction's
-                      [:valid_height, :valid_width] resized to (height, width) matches native_label
-        filename      string [B], source base name
+    Elements are dicts: image uint8 [h, w, 3] RGB, label uint8 [h, w] (class
+    ids, IGNORE_LABEL where void; a value outside the classes fails inside
+    `records_errors`), filename (source base name). Decoding runs in parallel
+    and ahead of the consumer, so it overlaps the network's work.
     """
-    path = record_path(spec, datapath, split)
-    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
-
-    def parse_and_size(serialized):
+    def parse(serialized):
         example = parse_example(serialized)
-        image, label, valid_height, valid_width = augmentation.eval_sizing(
-            example["image"], checked_label(example["label"], spec.num_classes, IGNORE_LABEL),
-            pixels)
-        # padded_batch pads with one scalar; padding the mean-subtracted image
-        # with 0 and adding the mean back after batching pads with the mean.
-        return dict(image=image - mean, label=label,
-                    native_label=tf.cast(example["label"][..., 0], tf.int32),
-                    height=example["height"], width=example["width"],
-                    valid_height=valid_height, valid_width=valid_width,
-                    filename=example["filename"])
+        label = checked_label(example["label"], spec.num_classes, IGNORE_LABEL)
+        return dict(image=example["image"], label=label[..., 0], filename=example["filename"])
 
-    padding = dict(image=0.0, label=IGNORE_LABEL, native_label=IGNORE_LABEL, height=0, width=0,
-                   valid_height=0, valid_width=0, filename="")
-
-    def add_mean(batch):
-        return dict(batch, image=batch["image"] + mean)
-
-    return (read_records(path, how_to_make(spec, datapath))
-            .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
-            .padded_batch(batch_size, padding_values=padding)
-            .map(add_mean)
+    return (read_records(record_path(spec, datapath, split), how_to_make(spec, datapath))
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))

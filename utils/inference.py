@@ -6,6 +6,7 @@ Pure numpy (no TensorFlow), so training's streaming train/val mIoU and
     conf = confusion_matrix(labels, predictions, num_classes, IGNORE_LABEL)
     scores = segmentation_metrics(conf, class_names)    # scores["miou"], ...
     low, high = bootstrap_miou_ci(per_image_confusions)  # [N, C, C] -> 95% interval
+    diff, low, high = paired_bootstrap_miou_difference(counts_a, counts_b)  # run B - run A
 
 `ScoreAccumulator` does the three over a split, image by image.
 
@@ -146,54 +147,118 @@ def bootstrap_miou_ci(per_image_confusions, n_resamples=BOOTSTRAP_RESAMPLES, see
     return bootstrap_miou_ci_from_counts(iou_counts(per_image), n_resamples, seed, level)
 
 
+def _resample_weights(num_images, n_resamples, seed):
+    """Chunks of int64 [chunk, N]: how often each image is drawn in each resample
+    (N draws with replacement), from one seeded generator."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, _BOOTSTRAP_CHUNK):
+        chunk = min(_BOOTSTRAP_CHUNK, n_resamples - start)
+        yield rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=chunk)
+
+
+def _resampled_mious(counts, draws):
+    """mIoU [chunk] of the images drawn by `draws` [chunk, N], from counts [N, 3, C]."""
+    flat_counts = counts.reshape(counts.shape[0], -1).astype(np.float64)  # exact below 2**53 px
+    summed = (draws @ flat_counts).reshape((draws.shape[0],) + counts.shape[1:])
+    return miou_from_counts(summed)
+
+
+def _percentile_interval(values, level):
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_miou_ci_from_counts(per_image_counts, n_resamples=BOOTSTRAP_RESAMPLES,
                                   seed=BOOTSTRAP_SEED, level=CONFIDENCE_LEVEL):
     """bootstrap_miou_ci from per-image iou_counts [N, 3, C] (O(C) memory per image)."""
     counts = np.asarray(per_image_counts, dtype=np.int64)
-    num_images = counts.shape[0]
-    if num_images == 0:
+    if counts.shape[0] == 0:
         raise ValueError("bootstrap needs at least one image")
-    flat_counts = counts.reshape(num_images, -1).astype(np.float64)  # exact below 2**53 pixels
-    rng = np.random.default_rng(seed)
-    resampled_mious = []
-    for start in range(0, n_resamples, _BOOTSTRAP_CHUNK):
-        chunk = min(_BOOTSTRAP_CHUNK, n_resamples - start)
-        # How often each image is drawn in each resample: [chunk, N].
-        draws = rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=chunk)
-        summed = (draws @ flat_counts).reshape((chunk,) + counts.shape[1:])
-        resampled_mious.append(miou_from_counts(summed))
-    resampled_mious = np.concatenate(resampled_mious)
-    resampled_mious = resampled_mious[~np.isnan(resampled_mious)]
-    if resampled_mious.size == 0:
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(resampled_mious, [tail, 1.0 - tail])
-    return float(low), float(high)
+    resampled = np.concatenate([_resampled_mious(counts, draws) for draws in
+                                _resample_weights(counts.shape[0], n_resamples, seed)])
+    return _percentile_interval(resampled, level)
+
+
+def paired_bootstrap_miou_difference(counts_a, counts_b, n_resamples=BOOTSTRAP_RESAMPLES,
+                                     seed=BOOTSTRAP_SEED, level=CONFIDENCE_LEVEL):
+    """(mIoU_B - mIoU_A, low, high): the difference with a paired bootstrap interval.
+
+    counts_a, counts_b: per-image iou_counts [N, 3, C] of the same N images in
+    the same order. Each resample draws one set of images and scores both runs
+    on it, so what the images share (an easy or a hard one drawn twice) cancels
+    out of the difference: the interval is about the runs, not the split.
+    """
+    counts_a = np.asarray(counts_a, dtype=np.int64)
+    counts_b = np.asarray(counts_b, dtype=np.int64)
+    if counts_a.shape != counts_b.shape or counts_a.ndim != 3 or counts_a.shape[0] == 0:
+        raise ValueError(f"need per-image counts [N, 3, C] of the same images, got "
+                         f"{counts_a.shape} and {counts_b.shape}")
+    difference = float(miou_from_counts(counts_b.sum(axis=0)) - miou_from_counts(counts_a.sum(axis=0)))
+    resampled = np.concatenate([
+        _resampled_mious(counts_b, draws) - _resampled_mious(counts_a, draws)
+        for draws in _resample_weights(counts_a.shape[0], n_resamples, seed)])
+    return (difference, *_percentile_interval(resampled, level))
+
+
+def difference_verdict(low, high, name_a="A", name_b="B"):
+    """'B better', 'A better' or 'no detectable difference' from an interval of B - A."""
+    if low > 0:
+        return f"{name_b} better"
+    if high < 0:
+        return f"{name_a} better"
+    return "no detectable difference"
+
+
+def per_image_scores(per_image_counts):
+    """(pixel_accuracy [N], miou [N], iou [N, C]) of each image on its own.
+
+    An image's mIoU is over the classes present in its truth or its
+    prediction; NaN where an image has no counted pixel.
+    """
+    counts = np.asarray(per_image_counts, dtype=np.float64)
+    intersection, truth = counts[:, 0], counts[:, 1]
+    counted = truth.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pixel_accuracy = np.where(counted > 0, intersection.sum(axis=-1) / counted, np.nan)
+    return pixel_accuracy, miou_from_counts(counts), _iou_from_counts(counts)
 
 
 class ScoreAccumulator:
     """Scores a split image by image: one summed confusion matrix plus the
-    per-image counts the bootstrap needs.
+    per-image counts the bootstrap and the per-image table need.
 
         scores = ScoreAccumulator(num_classes, ignore_label)
-        for labels, predictions in ...: scores.add(labels, predictions)
+        for labels, predictions in ...: scores.add(labels, predictions, name)
         scores.confusion, scores.metrics(class_names), scores.miou_ci()
+        scores.names, scores.per_image_counts   # [N], [N, 3, C]
     """
 
     def __init__(self, num_classes, ignore_label):
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.names = []
         self._per_image_counts = []
 
     @property
     def num_images(self):
         return len(self._per_image_counts)
 
-    def add(self, labels, predictions):
+    @property
+    def per_image_counts(self):
+        """int64 [N, 3, C]: iou_counts of each image, in the order added."""
+        return np.stack(self._per_image_counts) if self._per_image_counts else \
+            np.zeros((0, 3, self.num_classes), np.int64)
+
+    def add(self, labels, predictions, name=None):
         """Count one image; returns its confusion matrix."""
         conf = confusion_matrix(labels, predictions, self.num_classes, self.ignore_label)
         self.confusion += conf
+        self.names.append(name if name is not None else str(len(self.names)))
         self._per_image_counts.append(iou_counts(conf))
         return conf
 
@@ -201,4 +266,4 @@ class ScoreAccumulator:
         return segmentation_metrics(self.confusion, class_names)
 
     def miou_ci(self, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, level=CONFIDENCE_LEVEL):
-        return bootstrap_miou_ci_from_counts(np.stack(self._per_image_counts), n_resamples, seed, level)
+        return bootstrap_miou_ci_from_counts(self.per_image_counts, n_resamples, seed, level)

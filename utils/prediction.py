@@ -5,38 +5,38 @@ image's own resolution.
     run = TrainedRun(traindir, datapath=None)   # runargs + checkpoints checked now
     checkpoint = run.checkpoint(afteriter)      # newest intact one, or snapshot fcn.ckpt_<afteriter>
     checkpoint = run.checkpoint(best=True)      # fcn.ckpt_best of a --keep_best run
-    scores = score_split(run, checkpoint, 'val', pixels=-1, on_image=save,
-                         image_indices=range(4))  # ScoreAccumulator
-    with SplitPredictor(run, checkpoint, 'val', pixels=-1) as split:
-        for item in split: ...                  # one ImagePrediction per image, file order
-    with Segmenter(run, checkpoint) as segmenter:  # numpy in, numpy out (photos, video frames)
-        prediction = segmenter.segment(image)     # uint8 [h, w] for uint8 RGB [h, w, 3]
+    plan = run.inference_plan(pixels=-1, scales=(1,), flip=False, tile=None)   # InferencePlan
+    with run.predictor(checkpoint) as predictor:                  # NetworkPredictor
+        scores = score_split(predictor, spec, datapath, 'val', plan,
+                             on_image=save)    # ScoreAccumulator
+        with SplitPredictor(predictor, spec, datapath, 'val', plan) as split:
+            for item in split: ...              # one ImagePrediction per image, file order
+        prediction = Segmenter(predictor, plan).segment(image)  # photos, video frames
 
-Whatever size the network sees (`pixels`), logits are cropped to the image's
-region and resized bilinearly to the source resolution *before* the argmax:
-scores are always computed against the labels as they were drawn, and
-resizing scores rather than class ids keeps boundaries smooth.
+Whatever size the network sees (`pixels`, scales, windows), its softmax is
+cropped to the image's region and resized bilinearly to the source resolution
+*before* the argmax (utils.tta): scores are always computed against the
+labels as they were drawn, and resizing scores rather than class ids keeps
+boundaries smooth.
 """
 import dataclasses
 import os
 import sys
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
-import tensorflow as tf2  # TF2 resize (half-pixel centres), as utils.augmentation uses
 
 from fcn_arch import arch_from_runargs
-from utils import augmentation
 from utils.checkpoints import (BEST_NAME, LATEST_NAME, SNAPSHOT_NAME, Checkpoint, saved_step,
                                checkpoint_candidates, newest_intact, snapshot_steps)
 from utils.datasets import IGNORE_LABEL, load_dataset, num_records, record_path
 from utils.errors import SegMentorError, first_line
-from utils.feeder import make_eval_dataset
+from utils.feeder import make_split_dataset
 from utils.inference import ScoreAccumulator
 from utils.run_folder import RUNARGS_FILE, read_runargs
 from utils.tf_records import records_errors
 from utils.tfcompat import session_config, tf
+from utils.tta import DEFAULT_OVERLAP, InferencePlan
 
 # --pixels value meaning "the size the run was trained at" (0 means native size).
 PIXELS_AS_TRAINED = -1
@@ -114,6 +114,16 @@ class TrainedRun:
                                  f"got {pixels}")
         return pixels
 
+    def inference_plan(self, pixels=PIXELS_AS_TRAINED, scales=(1.0,), flip=False, tile=None,
+                       overlap=DEFAULT_OVERLAP):
+        """InferencePlan with --pixels resolved for this run (see eval_pixels)."""
+        return InferencePlan(pixels=self.eval_pixels(pixels), scales=tuple(scales), flip=flip,
+                             tile=tuple(tile) if tile else None, overlap=overlap)
+
+    def predictor(self, checkpoint):
+        """NetworkPredictor of this run's network at `checkpoint` (close it, or use `with`)."""
+        return NetworkPredictor(self, checkpoint)
+
     def build_logits(self, images, num_classes):
         """Eval tower (is_training=False) of the run's network: logits [B, H, W, C]."""
         return arch_from_runargs(self.runargs, num_classes, is_training=False).build_net(images)
@@ -122,27 +132,6 @@ class TrainedRun:
 def _warn_skipped(prefix, reason):
     print(f"warning: checkpoint {prefix} is damaged ({reason}); trying an older one",
           file=sys.stderr)
-
-
-def predictions_at_source_size(logits, valid_height, valid_width, height, width):
-    """Class ids uint8 [B, maxH, maxW] at each image's source size.
-
-    logits [B, P, P, C]; image b fills logits[b, :valid_height[b], :valid_width[b]]
-    and was height[b] x width[b] originally. Each prediction lies in the top
-    left of its row, the rest is IGNORE_LABEL (the batch holds several sizes).
-    """
-    max_height, max_width = tf.reduce_max(height), tf.reduce_max(width)
-
-    def one_image(inputs):
-        image_logits, valid_h, valid_w, h, w = inputs
-        region = image_logits[:valid_h, :valid_w]
-        resized = tf2.image.resize(region, tf.stack([h, w]), method="bilinear")
-        classes = tf.cast(tf.argmax(resized, axis=-1), tf.uint8)
-        return tf.pad(classes, [[0, max_height - h], [0, max_width - w]],
-                      constant_values=IGNORE_LABEL)
-
-    return tf.map_fn(one_image, (logits, valid_height, valid_width, height, width),
-                     fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
 
 
 def _restored_session(graph, checkpoint):
@@ -176,138 +165,134 @@ class _SessionOwner:
         return False
 
 
+
+class NetworkPredictor(_SessionOwner):
+    """A run's eval network restored from one checkpoint, as a probability map function.
+
+        with NetworkPredictor(run, checkpoint) as predictor:
+            probabilities = predictor.predict_probabilities(images)
+
+    This is the seam every scorer goes through (utils.tta composes passes
+    and windows of it): anything with `num_classes` and the same
+    `predict_probabilities` (an exported model) can stand in for it.
+    """
+
+    def __init__(self, run, checkpoint):
+        self.num_classes = run.dataset().num_classes
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self._images = tf.placeholder(tf.float32, [None, None, None, 3], name="images")
+            logits = run.build_logits(self._images, self.num_classes)
+            self._probabilities = tf.nn.softmax(logits)
+            self.sess = _restored_session(self.graph, checkpoint)
+
+    def predict_probabilities(self, images):
+        """float32 RGB 0..255 [B, H, W, 3] (any H, W) -> softmax float32 [B, H, W, C]."""
+        return self.sess.run(self._probabilities, {self._images: images})
+
+
 @dataclasses.dataclass
 class ImagePrediction:
     """One image of a split, at its source size."""
     filename: str
     prediction: np.ndarray        # uint8 [h, w] class ids
     label: np.ndarray             # uint8 [h, w] class ids, IGNORE_LABEL where void
-    image: np.ndarray | None      # uint8 [h, w, 3] RGB: what the network saw, resized to
-                                  # [h, w]; only for the images asked for (image_indices)
+    image: np.ndarray             # uint8 [h, w, 3] RGB, the source image
+
+
+def check_split(spec, datapath, split):
+    """SegMentorError naming the splits there are when `split` has no records file."""
+    if split not in spec.split_files or not os.path.isfile(record_path(spec, datapath, split)):
+        have = [name for name in spec.split_files
+                if os.path.isfile(record_path(spec, datapath, name))]
+        raise SegMentorError(f"dataset {spec.name} has no '{split}' split; "
+                             f"choose --split from: {', '.join(have) or 'none'}")
 
 
 class SplitPredictor(_SessionOwner):
     """Iterate over one split's images with their predictions (one pass, file order).
 
-    A context manager owning its graph and session:
-        with SplitPredictor(run, checkpoint, 'val', pixels, batch_size, image_indices) as split:
-            len(split); for item in split: ...
+        with SplitPredictor(predictor, spec, datapath, 'val', plan, batch_size) as split:
+            len(split); for item in split: ...    # ImagePrediction
 
-    The picture of the network input (`item.image`) costs a fetch and a resize,
-    so only the images whose index is in `image_indices` get one.
+    Records are decoded by tf.data in background threads (its own small graph
+    and session) while the network runs; `batch_size` images are predicted
+    together when their network inputs share a shape.
     """
 
-    def __init__(self, run, checkpoint, split, pixels, batch_size=1, image_indices=()):
-        self.spec = run.dataset()
-        datapath = run.datapath
-        if split not in self.spec.split_files or not os.path.isfile(
-                record_path(self.spec, datapath, split)):
-            have = [name for name in self.spec.split_files
-                    if os.path.isfile(record_path(self.spec, datapath, name))]
-            raise SegMentorError(f"dataset {self.spec.name} has no '{split}' split; "
-                                 f"choose --split from: {', '.join(have) or 'none'}")
-        self.num_images = num_records(self.spec, datapath, split)
-        self._path = record_path(self.spec, datapath, split)
-        self._batch_size = batch_size
-        self._image_indices = image_indices  # a set or a range: membership tests only
+    def __init__(self, predictor, spec, datapath, split, plan, batch_size=1):
+        check_split(spec, datapath, split)
+        self.spec = spec
+        self.num_images = num_records(spec, datapath, split)
+        self._path = record_path(spec, datapath, split)
+        self._predictor, self._plan, self._batch_size = predictor, plan, batch_size
         self.graph = tf.Graph()
         with self.graph.as_default():
-            dataset = make_eval_dataset(self.spec, datapath, split, run.eval_pixels(pixels),
-                                        batch_size)
-            batch = tf.data.make_one_shot_iterator(dataset).get_next()
-            logits = run.build_logits(batch["image"], self.spec.num_classes)
-            self._fetches = dict(
-                prediction=predictions_at_source_size(
-                    logits, batch["valid_height"], batch["valid_width"],
-                    batch["height"], batch["width"]),
-                label=batch["native_label"], height=batch["height"], width=batch["width"],
-                filename=batch["filename"])
-            self._fetches_with_images = dict(
-                self._fetches, image=batch["image"], valid_height=batch["valid_height"],
-                valid_width=batch["valid_width"])
-            self.sess = _restored_session(self.graph, checkpoint)
+            dataset = make_split_dataset(spec, datapath, split)
+            self._next_record = tf.data.make_one_shot_iterator(dataset).get_next()
+        self.sess = tf.Session(graph=self.graph, config=session_config())
 
     def __len__(self):
         return self.num_images
 
-    def __iter__(self):
-        first = 0  # index of the batch's first image (batches are full but for the last)
+    def _next_records(self):
+        records = []
         with records_errors(self._path):
-            while True:
-                wanted = {index for index in range(first, first + self._batch_size)
-                          if index in self._image_indices}
+            for _ in range(self._batch_size):
                 try:
-                    batch = self.sess.run(self._fetches_with_images if wanted else self._fetches)
+                    records.append(self.sess.run(self._next_record))
                 except tf.errors.OutOfRangeError:
-                    return
-                yield from _unbatch(batch, first, wanted)
-                first += len(batch["filename"])
+                    break
+        return records
+
+    def __iter__(self):
+        while records := self._next_records():
+            images = [record["image"] for record in records]
+            probabilities = self._plan.probabilities(
+                self._predictor.predict_probabilities, images, self._batch_size)
+            for record, image_probabilities in zip(records, probabilities):
+                yield ImagePrediction(filename=record["filename"].decode(),
+                                      prediction=class_ids(image_probabilities),
+                                      label=record["label"], image=record["image"])
 
 
-def _unbatch(batch, first, wanted):
-    for index in range(len(batch["filename"])):
-        height, width = batch["height"][index], batch["width"][index]
-        image = None
-        if first + index in wanted:
-            valid = batch["image"][index, :batch["valid_height"][index], :batch["valid_width"][index]]
-            image = _resize_rgb(valid, height, width)
-        yield ImagePrediction(
-            filename=batch["filename"][index].decode(),
-            prediction=batch["prediction"][index, :height, :width],
-            label=batch["label"][index, :height, :width].astype(np.uint8),
-            image=image)
+def class_ids(probabilities):
+    """uint8 [h, w] argmax of probabilities [h, w, C]."""
+    return np.argmax(probabilities, axis=-1).astype(np.uint8)
 
 
-def _resize_rgb(image, height, width):
-    """float RGB [h', w', 3] -> uint8 [height, width, 3] (a picture of the network input)."""
-    picture = Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
-    if picture.size != (width, height):
-        picture = picture.resize((int(width), int(height)), Image.BILINEAR)
-    return np.asarray(picture)
-
-
-def score_split(run, checkpoint, split, pixels, batch_size=1, on_image=None, image_indices=()):
+def score_split(predictor, spec, datapath, split, plan, batch_size=1, on_image=None):
     """Predict every image of `split` and count it into one ScoreAccumulator (returned).
 
-    `on_image(index, item)` sees each ImagePrediction on the way (to save
-    pictures); items whose index is in `image_indices` carry the image. A tqdm
-    bar shows progress.
+    `on_image(index, item, confusion)` sees each ImagePrediction and its
+    confusion matrix on the way (to save pictures). A tqdm bar shows progress.
     """
-    with SplitPredictor(run, checkpoint, split, pixels, batch_size, image_indices) as images:
-        scores = ScoreAccumulator(images.spec.num_classes, IGNORE_LABEL)
+    with SplitPredictor(predictor, spec, datapath, split, plan, batch_size) as images:
+        scores = ScoreAccumulator(spec.num_classes, IGNORE_LABEL)
         for index, item in enumerate(tqdm(images, total=len(images), desc=f"scoring {split}",
                                           unit="img")):
-            scores.add(item.label, item.prediction)
+            confusion = scores.add(item.label, item.prediction, item.filename)
             if on_image:
-                on_image(index, item)
+                on_image(index, item, confusion)
     if scores.num_images == 0:
-        raise SegMentorError(f"split '{split}' of {images.spec.name} holds no images")
+        raise SegMentorError(f"split '{split}' of {spec.name} holds no images")
     return scores
 
 
-class Segmenter(_SessionOwner):
-    """Segment numpy RGB images of any size with a run's network (photos, video frames).
+class Segmenter:
+    """Segment numpy RGB images of any size (photos, video frames).
 
-        with Segmenter(run, checkpoint, pixels=-1) as segmenter:
-            prediction = segmenter.segment(image)   # uint8 [h, w, 3] -> uint8 [h, w]
+        segmenter = Segmenter(predictor, plan)
+        prediction = segmenter.segment(image)   # uint8 [h, w, 3] -> uint8 [h, w]
 
-    Images are sized exactly as the split evaluation sizes them.
+    Images are sized and augmented exactly as the split evaluation does it.
     """
 
-    def __init__(self, run, checkpoint, pixels=PIXELS_AS_TRAINED):
-        self.spec = run.dataset()
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            self._image = tf.placeholder(tf.uint8, [None, None, 3], name="image")
-            source_size = tf.shape(self._image)[:2]
-            sized, valid_height, valid_width = augmentation.eval_image_sizing(
-                self._image, run.eval_pixels(pixels))
-            logits = run.build_logits(sized[tf.newaxis], self.spec.num_classes)
-            self._prediction = predictions_at_source_size(
-                logits, valid_height[tf.newaxis], valid_width[tf.newaxis],
-                source_size[:1], source_size[1:])[0]
-            self.sess = _restored_session(self.graph, checkpoint)
+    def __init__(self, predictor, plan):
+        self._predictor, self._plan = predictor, plan
 
     def segment(self, image):
         """uint8 RGB [h, w, 3] -> uint8 class ids [h, w]."""
-        return self.sess.run(self._prediction, {self._image: image})
+        (probabilities,) = self._plan.probabilities(self._predictor.predict_probabilities,
+                                                         [image])
+        return class_ids(probabilities)
