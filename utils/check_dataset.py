@@ -16,7 +16,6 @@ if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the 
     # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
     import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
@@ -29,6 +28,7 @@ from tqdm import tqdm  # noqa: E402
 
 from utils.datasets import (DEFAULT_DATAPATH, IGNORE_LABEL, NUM_LABEL_VALUES,  # noqa: E402
                             how_to_make, load_dataset, record_path)
+from utils.cli import CheckedArgumentParser  # noqa: E402
 from utils.errors import first_line, run_main  # noqa: E402
 from utils.files import IMAGE_READ_ERRORS  # noqa: E402
 from utils.tf_records import FILENAME_KEY, HEIGHT_KEY, IMAGE_KEY, LABEL_KEY, WIDTH_KEY  # noqa: E402
@@ -281,7 +281,7 @@ def print_summary(spec, checks):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = CheckedArgumentParser(
         prog="python -m utils.check_dataset",
         description="Check a converted dataset: record counts, label values, image/label "
                     "sizes, ignored pixels, class frequencies, and a picture of 16 pairs. "

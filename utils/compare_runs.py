@@ -16,14 +16,13 @@ if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the 
     # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
     import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-import argparse  # noqa: E402
 import os  # noqa: E402
 import string  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from utils.cli import add_gpu_flag, bounded, select_gpu  # noqa: E402
+from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  # noqa: E402
 from utils.datasets import SPLIT_FILES  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.evaluation import (Drawing, default_outdir, evaluate_split, percent,  # noqa: E402
@@ -149,7 +148,7 @@ def print_seed_spread(runs):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = CheckedArgumentParser(
         prog="python -m utils.compare_runs",
         description="Compare trained runs on one split: mIoU with 95%% intervals, per-class "
                     "IoU, a paired bootstrap of the difference of two runs, and the spread "
