@@ -153,11 +153,12 @@ def resize_bilinear(array, height, width):
     if array.shape[:2] == (height, width):
         return array
     low, high, weight = _interpolation(array.shape[0], height)
-    weight = weight[:, np.newaxis, np.newaxis]
-    array = array[low] * (1 - weight) + array[high] * weight
+    rows = array[low]
+    rows += (array[high] - rows) * weight[:, np.newaxis, np.newaxis]
     low, high, weight = _interpolation(array.shape[1], width)
-    weight = weight[np.newaxis, :, np.newaxis]
-    return array[:, low] * (1 - weight) + array[:, high] * weight
+    resized = rows[:, low]
+    resized += (rows[:, high] - resized) * weight[np.newaxis, :, np.newaxis]
+    return resized
 
 
 def pad_with_mean(image, height, width):
