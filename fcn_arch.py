@@ -570,7 +570,8 @@ def arch_from_runargs(runargs, number_of_classes, is_training):
 
 # --- Restoring a slim ImageNet checkpoint ---------------------------------------
 
-def _checkpoint_exists(path):
+def checkpoint_exists(path):
+    """True for a checkpoint prefix with its .index (TF's V2 format) or a single-file V1 one."""
     return os.path.exists(path + ".index") or os.path.isfile(path)
 
 
@@ -584,11 +585,11 @@ def make_pretrained_restorer(arch, checkpoint_path):
     initializer); decoder variables keep their initial values.
     """
     pretrained, _ = arch.get_pretrained_and_new_vars()
-    if not _checkpoint_exists(checkpoint_path):
+    if not checkpoint_exists(checkpoint_path):
         raise SegMentorError(
             f"pretrained checkpoint not found: {checkpoint_path} "
-            f"(put the slim ImageNet checkpoint there, point --modelspath at its folder, "
-            f"or pass --scratch)")
+            f"(get it with `python -m utils.fetch_checkpoints {arch.net}`, point --modelspath "
+            f"at its folder, or pass --scratch)")
     try:
         reader = tf.train.NewCheckpointReader(checkpoint_path)
     except Exception as err:  # TF raises several error types for unreadable files

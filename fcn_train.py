@@ -27,6 +27,7 @@ from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  
 from utils.datasets import DEFAULT_DATAPATH, load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
+from utils.fetch_checkpoints import MODELS_DIR  # noqa: E402
 from utils.run_folder import (RUNS_DIR, RunLog, create_run_dir, read_runargs,  # noqa: E402
                               write_runargs)
 
@@ -41,7 +42,7 @@ SCRATCH_LEARNRATE = 3e-3
 FINETUNE_LEARNRATE = 3e-4
 DEFAULT_LOG_EVERY_STEPS = 10
 # Slim ImageNet checkpoints (FEATURE_EXTRACTORS[net].checkpoint_file) are looked up here.
-DEFAULT_MODELSPATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+DEFAULT_MODELSPATH = MODELS_DIR
 # Validation scores this fraction of the val split (a fixed subset) by default: a trend,
 # quickly; --val_fraction 1 scores all of it, as fcn_test.py does.
 DEFAULT_VAL_FRACTION = 0.25

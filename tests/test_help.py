@@ -26,6 +26,7 @@ ENTRY_POINTS = {
     "utils.train_bench": "utils/train_bench.py",
     "utils.compare_runs": "utils/compare_runs.py",
     "utils.check_dataset": "utils/check_dataset.py",
+    "utils.fetch_checkpoints": "utils/fetch_checkpoints.py",
 }
 
 
