@@ -27,6 +27,7 @@ ENTRY_POINTS = {
     "utils.compare_runs": "utils/compare_runs.py",
     "utils.check_dataset": "utils/check_dataset.py",
     "utils.fetch_checkpoints": "utils/fetch_checkpoints.py",
+    "utils.convert_torchvision": "utils/convert_torchvision.py",
 }
 
 

@@ -185,7 +185,7 @@ def _checkpoint_members(archive, checkpoint_file):
     return members
 
 
-def _install_order(names):
+def install_order(names):
     """Data files first, the `.index` (what readers look for) last."""
     return sorted(names, key=lambda name: (name.endswith(".index"), name))
 
@@ -221,7 +221,7 @@ def install_checkpoint(net, tarball_path, modelspath):
             raise SegMentorError(f"cannot unpack {tarball_path} ({first_line(err)}); delete "
                                  f"it and rerun") from None
         check_against_network(net, os.path.join(staging, checkpoint_file))
-        for name in _install_order(members):
+        for name in install_order(members):
             os.replace(os.path.join(staging, name), os.path.join(modelspath, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
