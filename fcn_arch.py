@@ -575,6 +575,30 @@ def checkpoint_exists(path):
     return os.path.exists(path + ".index") or os.path.isfile(path)
 
 
+def _stored_shapes(checkpoint_path):
+    """{variable name: shape list} of a checkpoint; SegMentorError if unreadable."""
+    try:
+        return tf.train.NewCheckpointReader(checkpoint_path).get_variable_to_shape_map()
+    except Exception as err:  # TF raises several error types for unreadable files
+        raise SegMentorError(
+            f"cannot read checkpoint {checkpoint_path}: {str(err).splitlines()[0]}") from None
+
+
+def variable_mismatches(variables, stored_shapes):
+    """What keeps a checkpoint from loading `variables` {name: variable}: at most three
+    short phrases (the first misshaped variables, the count of missing ones); [] if none."""
+    missing = [name for name in sorted(variables) if name not in stored_shapes]
+    misshaped = [
+        f"{name} has shape {stored_shapes[name]}, the network needs {var.shape.as_list()}"
+        for name, var in sorted(variables.items())
+        if name in stored_shapes and stored_shapes[name] != var.shape.as_list()]
+    problems = misshaped[:2]
+    if missing:
+        problems.append(f"{len(missing)} of {len(variables)} variables missing, "
+                        f"first {', '.join(missing[:2])}")
+    return problems
+
+
 def make_pretrained_restorer(arch, checkpoint_path):
     """Check `checkpoint_path` against `arch`'s feature extractor; return `restore(sess)`.
 
@@ -590,22 +614,8 @@ def make_pretrained_restorer(arch, checkpoint_path):
             f"pretrained checkpoint not found: {checkpoint_path} "
             f"(get it with `python -m utils.fetch_checkpoints {arch.net}`, point --modelspath "
             f"at its folder, or pass --scratch)")
-    try:
-        reader = tf.train.NewCheckpointReader(checkpoint_path)
-    except Exception as err:  # TF raises several error types for unreadable files
-        raise SegMentorError(
-            f"cannot read checkpoint {checkpoint_path}: {str(err).splitlines()[0]}") from None
-    stored_shapes = reader.get_variable_to_shape_map()
-    missing = [name for name in sorted(pretrained) if name not in stored_shapes]
-    misshaped = [
-        f"{name} has shape {stored_shapes[name]}, the network needs {var.shape.as_list()}"
-        for name, var in sorted(pretrained.items())
-        if name in stored_shapes and stored_shapes[name] != var.shape.as_list()]
-    if missing or misshaped:
-        problems = misshaped[:2]
-        if missing:
-            problems.append(f"{len(missing)} of {len(pretrained)} variables missing, "
-                            f"first {', '.join(missing[:2])}")
+    problems = variable_mismatches(pretrained, _stored_shapes(checkpoint_path))
+    if problems:
         raise SegMentorError(
             f"checkpoint {checkpoint_path} does not fit {arch.net}: {'; '.join(problems)}; "
             f"is it the slim ImageNet checkpoint of {arch.net}?")
@@ -614,6 +624,34 @@ def make_pretrained_restorer(arch, checkpoint_path):
     def restore(sess):
         saver.restore(sess, checkpoint_path)
     return restore
+
+
+def make_run_restorer(arch, checkpoint_path):
+    """Check a training run's checkpoint against `arch`; return (restore(sess), decoder_note).
+
+    The encoder must be in it with the same shapes (else SegMentorError: a run of
+    another encoder). The decoder is restored too when every one of its variables
+    is there with the same shape (same decoder and class count); otherwise it keeps
+    its initial values, and `decoder_note` says why. Only network weights are
+    restored: no step counter, no optimizer state.
+    """
+    pretrained, new = arch.get_pretrained_and_new_vars()
+    stored_shapes = _stored_shapes(checkpoint_path)
+    problems = variable_mismatches(pretrained, stored_shapes)
+    if problems:
+        raise SegMentorError(f"{checkpoint_path} was not trained with --basenet {arch.net} "
+                             f"({'; '.join(problems)}); start from a run of {arch.net}")
+    decoder = {var.op.name: var for var in new}
+    decoder_problems = variable_mismatches(decoder, stored_shapes)
+    if decoder_problems:
+        restored, note = pretrained, f"fresh ({'; '.join(decoder_problems)})"
+    else:
+        restored, note = {**pretrained, **decoder}, "restored"
+    saver = tf.train.Saver(var_list=restored)
+
+    def restore(sess):
+        saver.restore(sess, checkpoint_path)
+    return restore, note
 
 
 # --- Statistics: parameters and multiply-accumulates ---------------------------

@@ -27,6 +27,7 @@ from utils.datasets import IGNORE_LABEL, SPLIT_FILES
 from utils.errors import SegMentorError, first_line, run_main
 from utils.evaluation import Drawing, default_outdir, evaluate_split, print_metrics
 from utils.prediction import PIXELS_AS_TRAINED, Segmenter, TrainedRun, check_split
+from utils.run_folder import describe_start_weights
 from utils.tta import DEFAULT_OVERLAP
 from utils.visualization import (VideoReader, VideoWriter, colorize, image_files, overlay,
                                  read_rgb, save_png)
@@ -165,6 +166,9 @@ def main(args):
     # A bad --pixels and data that cannot be found fail before any graph is built.
     plan = run.inference_plan(args.pixels, args.scales, args.flip, args.tile, args.overlap)
     spec = run.dataset()
+    origin = describe_start_weights(run.runargs)
+    if origin:
+        print(origin)
     if args.imagepath or args.moviepath:
         # Open every input first: a bad path fails before the network is built.
         paths = image_files(args.imagepath) if args.imagepath else []

@@ -22,7 +22,8 @@ from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's i
 import fcn_arch  # noqa: E402
 from utils import training, training_loop  # noqa: E402
 from utils.augmentation import NO_AUGMENT, AugmentParams  # noqa: E402
-from utils.checkpoints import CheckpointKeeper, newest_intact, remove_unfinished_saves  # noqa: E402
+from utils.checkpoints import (CheckpointKeeper, newest_intact, pick_checkpoint,  # noqa: E402
+                               remove_unfinished_saves)
 from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  # noqa: E402
 from utils.datasets import DEFAULT_DATAPATH, load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
@@ -51,7 +52,7 @@ DEFAULT_AUGMENT = AugmentParams()    # the flip, scale and stretch of training b
 RESUME_OVERRIDES = ("gpu", "datapath")
 # Flags added after runs were made whose default is what those runs did: a
 # resumed run without them in its runargs gets the default.
-ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT = ("output_stride",)
+ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT = ("output_stride", "init_from", "afteriter")
 
 positive_int = bounded(int, low=0, low_inclusive=False)
 non_negative_int = bounded(int, low=0)
@@ -89,6 +90,11 @@ def _check_flag_combinations(parser, args):
                      f"{args.epochs} --epochs, got {' '.join(f'{e:g}' for e in args.lr_schedule)}")
     if args.scratch and "modelspath" in changed:
         parser.error("--scratch trains from random weights, so --modelspath would be unused")
+    if args.init_from and (args.scratch or "modelspath" in changed):
+        parser.error(f"--init_from takes the weights from {args.init_from}: drop "
+                     f"--{'scratch' if args.scratch else 'modelspath'}")
+    if args.afteriter is not None and not args.init_from:
+        parser.error("--afteriter picks a snapshot of the --init_from run: give --init_from")
     if args.scratch and args.difflr:
         parser.error("--difflr speeds up the new decoder layers against a pretrained encoder; "
                      "with --scratch every layer is new: drop one of them")
@@ -206,6 +212,13 @@ def build_parser():
                            "(default: %(default)s)")
     init.add_argument("--scratch", action="store_true",
                       help="start from random weights instead of an ImageNet checkpoint")
+    init.add_argument("--init_from", metavar="RUNDIR", default=None,
+                      help="start from another run's newest intact checkpoint: the encoder, "
+                           "and the decoder when its variables and class count match; steps, "
+                           "optimizer and learning-rate schedule start new")
+    init.add_argument("--afteriter", type=non_negative_int, default=None, metavar="N",
+                      help="with --init_from: its snapshot fcn.ckpt_N instead of the newest "
+                           "checkpoint")
     init.add_argument("--resume", metavar="RUNDIR", default=None,
                       help="continue the run in RUNDIR from its newest intact checkpoint, "
                            "with its saved runargs")
@@ -316,7 +329,7 @@ def saved_settings(settings, plan):
     step plan (its val/save/snapshot cadence replaces the flags' None defaults)."""
     saved = {name: value for name, value in vars(settings).items() if name != "resume"}
     saved.update({name: os.path.abspath(saved[name])
-                  for name in ("datapath", "modelspath", "runs_dir")})
+                  for name in ("datapath", "modelspath", "runs_dir", "init_from") if saved[name]})
     saved.update(plan.as_runargs())
     return saved
 
@@ -343,6 +356,9 @@ def main(args):
         remove_unfinished_saves(settings.resume)
         resume_from = newest_intact(settings.resume, on_skip=lambda *skipped:
                                     skipped_checkpoints.append(skipped))
+    # Another run's checkpoint, picked now so a missing one fails before any work.
+    init_from = (pick_checkpoint(settings.init_from, settings.afteriter)
+                 if settings.init_from and not resume_from else None)
     if resume_from and resume_from.step >= settings.total_steps:
         print(f"{settings.resume} already finished at step {resume_from.step} of "
               f"{settings.total_steps}: nothing to resume")
@@ -360,14 +376,14 @@ def main(args):
                 if settings.resume else training_loop.make_plan(settings, feeder.num_train_images))
         graph = training_loop.build_graph(settings, spec, feeder.images, feeder.labels,
                                           plan.lr_drop_steps, plan.total_steps)
-        # Made before the run folder, so a missing ImageNet checkpoint leaves no empty folder.
-        restore_pretrained = (None if settings.scratch or resume_from else
-                              training_loop.pretrained_restorer(graph.train_arch,
-                                                                settings.modelspath))
+        # Checked before the run folder is made, so a missing or mismatched checkpoint
+        # leaves no empty folder.
+        weights = None if resume_from else training_loop.start_weights(
+            settings, graph.train_arch, init_from)
 
         run_dir = settings.resume or create_run_dir(settings.runs_dir, settings.basenet)
         if not settings.resume:
-            write_runargs(run_dir, saved_settings(settings, plan))
+            write_runargs(run_dir, {**saved_settings(settings, plan), **weights.as_runargs()})
         keeper = CheckpointKeeper(run_dir)
         started = time.perf_counter()
         with RunLog(run_dir) as log:
@@ -375,11 +391,14 @@ def main(args):
                 print(log.event("skip_checkpoint", path=prefix, reason=reason))
             with tf.Session(config=session_config()) as sess, tf.summary.FileWriter(
                     run_dir, None if settings.resume else sess.graph) as events:
-                init = training_loop.initialise(sess, keeper, resume_from, restore_pretrained)
+                init = training_loop.initialise(sess, keeper, resume_from, weights)
                 tf.get_default_graph().finalize()  # an op made inside the loop would be a leak
                 loop = training_loop.TrainingLoop(sess, graph, feeder, spec, plan, keeper, log,
                                                   events, keep_best=settings.keep_best)
                 loop.log_start("resume" if settings.resume else "start", init, run_dir)
+                if init_from:  # which parts of the other run were taken
+                    print(log.event("init_from", checkpoint=weights.checkpoint,
+                                    step=weights.step, decoder=weights.decoder))
                 signal_name = loop.run()
             training_loop.finish(run_dir, log, loop.step, plan.total_steps, signal_name,
                                  time.perf_counter() - started)

@@ -24,7 +24,8 @@ from utils import shapes, training, training_loop
 from utils.augmentation import AugmentParams
 from utils.datasets import DatasetSpec, write_dataset_meta
 from utils.errors import run_main
-from utils.run_folder import RUNLOG_FILE, parse_runlog, read_runargs
+from utils.run_folder import (RUNLOG_FILE, describe_start_weights, parse_runlog, read_runargs,
+                              write_runargs)
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
 
@@ -377,6 +378,95 @@ def test_fcn_test_scores_a_crop_run_at_native_size_and_its_best_checkpoint(recip
     assert scores["fcn.ckpt_best"] == pytest.approx(best["val_miou"], rel=1e-3)
 
 
+# --- Starting from another run (--init_from) ---------------------------------------------------
+
+def args_without_scratch(*argv):
+    return [arg for arg in argv if arg != "--scratch"]
+
+
+def restored_values(run_checkpoint, num_classes, **decoder):
+    """(values after restoring `run_checkpoint` into a fresh mobilenet_v1 FCN, decoder note)."""
+    with tf.Graph().as_default():
+        arch = fcn_arch.FcnArch(num_classes, is_training=False, net="mobilenet_v1", **decoder)
+        arch.build_net(tf.placeholder(tf.float32, [1, IMAGE_SIZE_PX, IMAGE_SIZE_PX, 3]))
+        restore, note = fcn_arch.make_run_restorer(arch, str(run_checkpoint))
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            restore(sess)
+            return sess.run({v.op.name: v for v in tf.global_variables()}), note
+
+
+def test_run_restorer_takes_the_encoder_and_a_matching_decoder(two_runs):
+    checkpoint = run_folders(two_runs[0])[0] / f"fcn.ckpt_{TWO_RUNS_EVERY}"
+    stored = dict(tf.train.list_variables(str(checkpoint)))
+    encoder_weight, decoder_weight = "MobilenetV1/Conv2d_0/weights", "decoder/score_32s/weights"
+    num_classes = len(shapes.CLASS_NAMES)
+    values, note = restored_values(checkpoint, num_classes, fcn16=True)
+    assert note == "restored"
+    for name in (encoder_weight, "MobilenetV1/Conv2d_0/BatchNorm/moving_variance",
+                 decoder_weight, "decoder/score_16s/biases"):
+        np.testing.assert_array_equal(values[name], tf.train.load_variable(str(checkpoint), name))
+    assert "global_step" in stored and "global_step" not in values  # steps start anew
+    # Another class count, or a finer decoder: the encoder only; the note says why.
+    for classes, decoder, why in ((3, dict(fcn16=True), "has shape [5], the network needs [3]"),
+                                  (num_classes, dict(fcn8=True), "missing, first decoder/score_8s")):
+        values, note = restored_values(checkpoint, classes, **decoder)
+        assert note.startswith("fresh (") and why in note, note
+        np.testing.assert_array_equal(values[encoder_weight],
+                                      tf.train.load_variable(str(checkpoint), encoder_weight))
+        assert not np.array_equal(values[decoder_weight][..., :3],
+                                  tf.train.load_variable(str(checkpoint), decoder_weight)[..., :3])
+
+
+def test_init_from_records_where_the_weights_came_from(two_runs, datapath, tmp_path, capsys):
+    source = run_folders(two_runs[0])[0]
+    args = args_without_scratch(*train_args(datapath, tmp_path, "--epochs", "1"))
+    code, stderr = run_in_process(args + ["--init_from", str(source), "--afteriter",
+                                          str(TWO_RUNS_EVERY), "--fcn8"], capsys)
+    assert code == 0, stderr
+    run_dir = run_folders(tmp_path)[0]
+    runargs = read_runargs(run_dir)
+    snapshot = str(source / f"fcn.ckpt_{TWO_RUNS_EVERY}")
+    assert (runargs["init_from"], runargs["afteriter"]) == (str(source), TWO_RUNS_EVERY)
+    assert (runargs["init_checkpoint"], runargs["init_step"]) == (snapshot, TWO_RUNS_EVERY)
+    assert runargs["init_decoder"].startswith("fresh (")  # FCN16 run, FCN8 decoder
+    assert runargs["learnrate"] == fcn_train.FINETUNE_LEARNRATE
+    init_lines = [line for line in parse_runlog(run_dir / RUNLOG_FILE)
+                  if line.get("event") == "init_from"]
+    assert len(init_lines) == 1 and init_lines[0]["checkpoint"] == snapshot
+    assert saved_step(run_dir / "fcn.ckpt") == STEPS_PER_EPOCH  # its own count, from 0
+    assert describe_start_weights(runargs) == (
+        f"weights started from {snapshot} at step {TWO_RUNS_EVERY}; decoder "
+        f"{runargs['init_decoder']}")
+    scratch_runargs = read_runargs(run_folders(two_runs[0])[0])
+    assert describe_start_weights(scratch_runargs) == "weights started from scratch (random)"
+
+
+def test_init_from_errors_are_one_line(two_runs, datapath, tmp_path, capsys):
+    source = run_folders(two_runs[0])[0]
+    other_net = tmp_path / "other_net"
+    other_net.mkdir()
+    for path in source.glob("fcn.ckpt.*"):
+        os.link(path, other_net / path.name)
+    write_runargs(other_net, dict(read_runargs(source), basenet="resnet_v1_18"))
+    no_checkpoint = tmp_path / "no_checkpoint"
+    no_checkpoint.mkdir()
+    write_runargs(no_checkpoint, read_runargs(source))
+    cases = [
+        ([str(other_net)], "was trained with --basenet resnet_v1_18, not mobilenet_v1"),
+        ([str(no_checkpoint)], f"no checkpoint (fcn.ckpt*) in {no_checkpoint}"),
+        ([str(tmp_path / "absent")], "not found"),
+        ([str(source), "--afteriter", "3"],
+         f"available --afteriter values: {TWO_RUNS_EVERY}, {TWO_RUNS_STEPS}"),
+    ]
+    runs_dir = tmp_path / "runs"
+    for init_args, message in cases:
+        args = args_without_scratch(*train_args(datapath, runs_dir, "--init_from", *init_args))
+        code, stderr = run_in_process(args, capsys)
+        assert code == 2 and message in stderr[-1], (init_args, stderr)
+    assert not runs_dir.exists() or not run_folders(runs_dir)
+
+
 # --- The graph of every net and option, built but not run ---------------------------------------
 
 GRAPH_SPEC = DatasetSpec(name="toy", class_names=("sky", "road", "car"),
@@ -526,6 +616,10 @@ def test_missing_pretrained_checkpoint_says_where_and_leaves_no_folder(datapath,
     (["--val_fraction", "0"], "argument --val_fraction: must be > 0 and <= 1, got 0"),
     (["--lr_policy", "linear"], "argument --lr_policy: invalid choice: 'linear'"),
     (["--debug_overfit", "4", "--photometric"], "--photometric would be unused"),
+    (["--init_from", "tmp/x", "--scratch"], "--init_from takes the weights from tmp/x: drop "
+                                            "--scratch"),
+    (["--init_from", "tmp/x", "--modelspath", "m"], "drop --modelspath"),
+    (["--afteriter", "4"], "--afteriter picks a snapshot of the --init_from run"),
 ])
 def test_bad_flags_give_one_line_and_exit_code_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -13,6 +13,7 @@ from the same state.
     keeper = CheckpointKeeper(run_dir)          # after the whole graph is built
     keeper.save(sess, step, snapshot=True)
     resume_from = newest_intact(run_dir)        # before the graph: Checkpoint(prefix, step) or None
+    start_from = pick_checkpoint(run_dir, step)  # newest intact or snapshot <step>; error if none
     keeper.restore(sess, resume_from.prefix)
 """
 import dataclasses
@@ -103,6 +104,29 @@ def newest_intact(run_dir, on_skip=None):
         raise SegMentorError(f"none of the {len(candidates)} checkpoints in {run_dir} is "
                              f"intact; start a new run instead")
     return None
+
+
+def pick_checkpoint(run_dir, step=None, on_skip=None):
+    """The newest intact checkpoint of `run_dir`, or its snapshot fcn.ckpt_<step>.
+
+    SegMentorError when there is none, or when the requested snapshot is
+    absent (listing the steps there are).
+    """
+    if not os.path.isdir(run_dir):
+        raise SegMentorError(f"run folder {run_dir} not found; give a folder made by "
+                             f"fcn_train.py, e.g. tmp/20240131_mobilenet_v1__1")
+    if step is None:
+        checkpoint = newest_intact(run_dir, on_skip=on_skip)
+        if checkpoint is None:
+            raise SegMentorError(f"no checkpoint ({LATEST_NAME}*) in {run_dir}: train it first "
+                                 f"with fcn_train.py, or pick another run")
+        return checkpoint
+    prefix = os.path.join(run_dir, SNAPSHOT_NAME.format(step=step))
+    if not os.path.isfile(prefix + ".index"):
+        available = ", ".join(map(str, snapshot_steps(run_dir))) or "none"
+        raise SegMentorError(f"no snapshot {os.path.basename(prefix)} in {run_dir}; "
+                             f"available --afteriter values: {available}")
+    return Checkpoint(prefix, saved_step(prefix))
 
 
 def remove_unfinished_saves(run_dir):

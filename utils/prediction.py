@@ -27,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from fcn_arch import arch_from_runargs
-from utils.checkpoints import (BEST_NAME, LATEST_NAME, SNAPSHOT_NAME, Checkpoint, saved_step,
-                               checkpoint_candidates, newest_intact, snapshot_steps)
+from utils.checkpoints import (BEST_NAME, LATEST_NAME, Checkpoint, checkpoint_candidates,
+                               pick_checkpoint, saved_step)
 from utils.datasets import IGNORE_LABEL, load_dataset, num_records, record_path
 from utils.errors import SegMentorError, first_line
 from utils.feeder import make_split_dataset
@@ -83,15 +83,8 @@ class TrainedRun:
             if not os.path.isfile(prefix + ".index"):
                 raise SegMentorError(f"no {BEST_NAME} in {self.traindir}: only runs trained "
                                      f"with --keep_best keep one")
-        elif afteriter is None:
-            return newest_intact(self.traindir, on_skip=_warn_skipped)
-        else:
-            prefix = os.path.join(self.traindir, SNAPSHOT_NAME.format(step=afteriter))
-            if not os.path.isfile(prefix + ".index"):
-                available = ", ".join(map(str, snapshot_steps(self.traindir))) or "none"
-                raise SegMentorError(f"no snapshot {os.path.basename(prefix)} in {self.traindir}; "
-                                     f"available --afteriter values: {available}")
-        return Checkpoint(prefix, saved_step(prefix))
+            return Checkpoint(prefix, saved_step(prefix))
+        return pick_checkpoint(self.traindir, afteriter, on_skip=_warn_skipped)
 
     def dataset(self):
         """DatasetSpec of the dataset the run was trained on (loaded once)."""

@@ -155,3 +155,17 @@ class RunLog:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def describe_start_weights(runargs):
+    """One line saying where a run's weights started (runargs' init_* keys, written by
+    fcn_train.py); None for runs made before they were recorded."""
+    if "init_checkpoint" not in runargs:
+        return None
+    checkpoint = runargs["init_checkpoint"]
+    if checkpoint is None:
+        return "weights started from scratch (random)"
+    step = runargs.get("init_step")
+    at_step = f" at step {step}" if step is not None else ""
+    return (f"weights started from {checkpoint}{at_step}; decoder "
+            f"{runargs.get('init_decoder', 'fresh')}")

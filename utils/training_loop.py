@@ -2,7 +2,7 @@
 
     plan = make_plan(settings, num_train_images)    # StepPlan, saved in runargs
     graph = build_graph(settings, spec, images, labels, plan.lr_drop_steps, plan.total_steps)
-    init = initialise(sess, keeper, resume_from, restore_pretrained)
+    init = initialise(sess, keeper, resume_from, start_weights(settings, arch, init_from))
     loop = TrainingLoop(sess, graph, feeder, spec, plan, keeper, log, events, keep_best=True)
     loop.log_start('start', init, run_dir); signal_name = loop.run()
     finish(run_dir, log, loop.step, plan.total_steps, signal_name, secs)
@@ -29,7 +29,7 @@ from utils import training  # noqa: E402
 from utils.datasets import IGNORE_LABEL  # noqa: E402
 from utils.errors import SegMentorError  # noqa: E402
 from utils.inference import segmentation_metrics  # noqa: E402
-from utils.run_folder import RUNLOG_FILE, parse_runlog  # noqa: E402
+from utils.run_folder import RUNLOG_FILE, parse_runlog, read_runargs  # noqa: E402
 from utils.visualization import colorize_labels_tf  # noqa: E402
 
 # Snapshots by default: this many over the run, so disk use is bounded whatever the length.
@@ -181,24 +181,61 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
 
 # --- Initialisation ----------------------------------------------------------------------
 
-def pretrained_restorer(arch, modelspath):
-    """restore(sess) of the encoder's ImageNet checkpoint in `modelspath`; SegMentorError
-    now, naming the file, when it is missing."""
-    checkpoint_file = fcn_arch.FEATURE_EXTRACTORS[arch.net].checkpoint_file
-    return fcn_arch.make_pretrained_restorer(arch, os.path.join(modelspath, checkpoint_file))
+@dataclasses.dataclass(frozen=True)
+class StartWeights:
+    """Where a new run's weights come from, before its first step.
+
+    restore: fn(sess) run after the global initializer, None for random weights.
+    checkpoint: absolute path of the checkpoint restored (None from scratch).
+    step: that checkpoint's training step (another run's), else None.
+    decoder: 'restored', or 'fresh (why)' when the decoder starts from its initializers.
+    """
+    restore: object
+    checkpoint: str | None
+    step: int | None
+    decoder: str
+
+    def as_runargs(self):
+        """What runargs records (fcn_test.py prints it)."""
+        return dict(init_checkpoint=self.checkpoint, init_step=self.step,
+                    init_decoder=self.decoder)
+
+    @property
+    def label(self):
+        """The runlog's `init=` value."""
+        return self.checkpoint or "scratch"
 
 
-def initialise(sess, keeper, resume_from, restore_pretrained):
-    """Set every variable: from the run's checkpoint `resume_from`, else with
-    `restore_pretrained` (ImageNet), else random. Returns which, for the runlog."""
+def start_weights(settings, arch, init_from=None):
+    """The StartWeights of a new run: another run's checkpoint `init_from` (a Checkpoint,
+    for --init_from), else the encoder's ImageNet checkpoint in --modelspath, else
+    (--scratch) random. Every check happens now, before anything is written."""
+    if init_from:
+        trained_with = read_runargs(settings.init_from).get("basenet")
+        if trained_with != arch.net:
+            raise SegMentorError(f"{settings.init_from} was trained with --basenet "
+                                 f"{trained_with}, not {arch.net}: pass --basenet "
+                                 f"{trained_with}, or start from a run of {arch.net}")
+        restore, decoder = fcn_arch.make_run_restorer(arch, init_from.prefix)
+        return StartWeights(restore, os.path.abspath(init_from.prefix), init_from.step, decoder)
+    if settings.scratch:
+        return StartWeights(None, None, None, "fresh")
+    checkpoint = os.path.join(settings.modelspath,
+                              fcn_arch.FEATURE_EXTRACTORS[arch.net].checkpoint_file)
+    return StartWeights(fcn_arch.make_pretrained_restorer(arch, checkpoint),
+                        os.path.abspath(checkpoint), None, "fresh")
+
+
+def initialise(sess, keeper, resume_from, weights):
+    """Set every variable: from the run's checkpoint `resume_from`, else as the
+    StartWeights `weights` say. Returns which, for the runlog."""
     sess.run(tf.global_variables_initializer())
     if resume_from:
         keeper.restore(sess, resume_from.prefix)
         return resume_from.prefix
-    if restore_pretrained:
-        restore_pretrained(sess)
-        return "imagenet"
-    return "scratch"
+    if weights.restore:
+        weights.restore(sess)
+    return weights.label
 
 
 # --- Errors a user can fix ---------------------------------------------------------------
