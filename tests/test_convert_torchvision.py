@@ -4,10 +4,16 @@ A torchvision-layout state dict of random values, made here and written as
 .safetensors (no PyTorch needed), must land in the right variables with the
 right layout. Where PyTorch and torchvision are installed, the converted
 network must also compute torchvision's features (skipped otherwise; PyTorch
-is never a dependency of seg-mentor).
+is never a dependency of seg-mentor; tests/torchvision_reference.py computes
+torchvision's side in its own process, with the Python named by
+$SEGMENTOR_TORCH_PYTHON, default this one).
 """
 import json
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +28,10 @@ NET = "resnet_v1_18"
 # torchvision's ResNet-18: (layer, output channels, stride of its first unit); 2 units each.
 TORCHVISION_LAYERS = ((1, 64, 1), (2, 128, 2), (3, 256, 2), (4, 512, 2))
 BN_STATS = ("weight", "bias", "running_mean", "running_var")
+# The torchvision side runs in a process of its own (PyTorch beside TensorFlow can crash),
+# by this Python: one with PyTorch and torchvision (PyTorch is never a seg-mentor dependency).
+TORCH_PYTHON_ENV = "SEGMENTOR_TORCH_PYTHON"
+TORCH_PYTHON = os.environ.get(TORCH_PYTHON_ENV, sys.executable)
 
 
 def torchvision_resnet18_state_dict(rng):
@@ -160,22 +170,20 @@ def seg_mentor_features(variables, image):
             return sess.run(features, {images: image})
 
 
-def test_converted_network_computes_torchvision_features(state_dict):
+def test_converted_network_computes_torchvision_features(state_dict, tmp_path):
     """Random weights with non-trivial batch-norm statistics, one 224x288 image."""
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    model = torchvision.models.resnet18(weights=None).eval()
-    model.load_state_dict({name: torch.from_numpy(value) for name, value in state_dict.items()})
-    rng = np.random.default_rng(1)
-    image = rng.uniform(0, 255, (1, 224, 288, 3)).astype(np.float32)
-    mean = np.array(fcn_arch.TORCHVISION_MEAN_RGB, np.float32)
-    std = np.array(fcn_arch.TORCHVISION_STD_RGB, np.float32)
-    with torch.no_grad():
-        x = torch.from_numpy(((image - mean) / std).transpose(0, 3, 1, 2).copy())
-        for layer in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            x = getattr(model, layer)(x)
-    expected = x.numpy().transpose(0, 2, 3, 1)
+    if subprocess.run([TORCH_PYTHON, "-c", "import torch, torchvision"],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"no PyTorch and torchvision for {TORCH_PYTHON} (set {TORCH_PYTHON_ENV})")
+    image = np.random.default_rng(1).uniform(0, 255, (1, 224, 288, 3)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", image__=image,
+             mean__=np.array(fcn_arch.TORCHVISION_MEAN_RGB, np.float32),
+             std__=np.array(fcn_arch.TORCHVISION_STD_RGB, np.float32), **state_dict)
+    subprocess.run([TORCH_PYTHON, str(Path(__file__).with_name("torchvision_reference.py")),
+                    str(tmp_path / "in.npz"), str(tmp_path / "out.npy")], check=True)
+    expected = np.load(tmp_path / "out.npy")
     ours = seg_mentor_features(convert_torchvision.slim_variables(NET, state_dict), image)
     assert ours.shape == expected.shape == (1, 7, 9, 512)
     relative = np.abs(ours - expected).max() / np.abs(expected).max()
+    print(f"max |seg-mentor - torchvision| / max |torchvision| = {relative:.2e}")
     assert relative < 1e-4, relative
