@@ -109,6 +109,12 @@ def fetch(capsys, modelspath, base_url, *extra):
     return code, captured.out, captured.err.strip().splitlines()
 
 
+def files_in(folder):
+    """The files a user sees in `folder` (the hidden per-tarball lock file left out)."""
+    return sorted(name for name in os.listdir(folder)
+                  if not name.endswith(fetch_checkpoints.LOCK_SUFFIX))
+
+
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -119,7 +125,7 @@ def test_fetch_installs_a_verified_checkpoint(tmp_path, server, good_tarball, ca
     assert code == 0, err
     assert "installed" in out
     # The checkpoint under fcn_train's name; no tarball, .meta, partial or staging left.
-    assert sorted(os.listdir(tmp_path)) == [CHECKPOINT_FILE + ".data-00000-of-00001",
+    assert files_in(tmp_path) == [CHECKPOINT_FILE + ".data-00000-of-00001",
                                            CHECKPOINT_FILE + ".index"]
     reader = tf.train.NewCheckpointReader(str(tmp_path / CHECKPOINT_FILE))
     assert np.all(reader.get_tensor(MARKED_VARIABLE) == MARK)
@@ -135,7 +141,7 @@ def test_checksum_mismatch_installs_nothing(tmp_path, server, good_tarball, caps
     assert code == EXIT_USER_ERROR and len(err) == 1
     assert sha256(good_tarball) in err[0] and fetch_checkpoints.TARBALLS[NET].sha256 in err[0]
     assert "rerun to download it again" in err[0]
-    assert os.listdir(tmp_path) == []
+    assert files_in(tmp_path) == []
 
 
 def test_unpinned_checksum_prints_the_digest_and_keeps_the_tarball(tmp_path, server,
@@ -147,7 +153,7 @@ def test_unpinned_checksum_prints_the_digest_and_keeps_the_tarball(tmp_path, ser
     code, _, err = fetch(capsys, tmp_path, server.base_url)
     assert code == EXIT_USER_ERROR and len(err) == 1
     assert f"--sha256 {sha256(good_tarball)}" in err[0]
-    assert os.listdir(tmp_path) == [TARBALL]
+    assert files_in(tmp_path) == [TARBALL]
     # Rerun with the digest: the kept tarball is used, nothing is downloaded again.
     code, _, err = fetch(capsys, tmp_path, server.base_url, "--sha256", sha256(good_tarball))
     assert code == 0, err
@@ -162,7 +168,7 @@ def test_truncated_download_leaves_a_partial_file_that_a_rerun_resumes(
     code, _, err = fetch(capsys, tmp_path, server.base_url, "--sha256", sha256(good_tarball))
     assert code == EXIT_USER_ERROR and len(err) == 1
     assert "broke off" in err[0] and "rerun to resume" in err[0]
-    assert os.listdir(tmp_path) == [TARBALL + ".partial"]  # nothing that looks complete
+    assert files_in(tmp_path) == [TARBALL + ".partial"]  # nothing that looks complete
     code, _, err = fetch(capsys, tmp_path, server.base_url, "--sha256", sha256(good_tarball))
     assert code == 0, err
     assert server.ranges == [None, f"bytes={half}-"]
@@ -177,7 +183,7 @@ def test_server_gone_is_one_line_saying_where_to_put_a_file_fetched_by_hand(
     code, _, err = fetch(capsys, tmp_path, base_url)
     assert code == EXIT_USER_ERROR and len(err) == 1
     assert "cannot reach" in err[0] and str(tmp_path / TARBALL) in err[0]
-    assert os.listdir(tmp_path) == []
+    assert files_in(tmp_path) == []
 
 
 def test_tarball_without_the_checkpoint_or_with_other_variables(tmp_path, server, capsys):
@@ -198,7 +204,7 @@ def test_tarball_without_the_checkpoint_or_with_other_variables(tmp_path, server
     code, _, err = fetch(capsys, models, server.base_url, "--sha256", sha256(wrong))
     assert code == EXIT_USER_ERROR and len(err) == 1
     assert f"does not fit {NET}" in err[0] and MARKED_VARIABLE in err[0]
-    assert sorted(os.listdir(models)) == [TARBALL]  # no checkpoint, no staging folder
+    assert files_in(models) == [TARBALL]  # no checkpoint, no staging folder
 
 
 def test_flags(capsys):

@@ -20,8 +20,9 @@ fcn_train.py look for, is moved in last. A tarball fetched by hand and put at
 `--base_url` (or the environment variable in `BASE_URL_ENV`) fetches every
 tarball as `<base_url>/<tarball name>` instead: a mirror, or a test server.
 """
-import argparse
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import http.client
 import os
@@ -45,6 +46,7 @@ from utils.files import PARTIAL_SUFFIX  # noqa: E402
 # The default --modelspath of every script: models/ in the repository root (git ignores it).
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 BASE_URL_ENV = "SEGMENTOR_CHECKPOINTS_URL"
+LOCK_SUFFIX = ".lock"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECS = 60  # per socket operation: a stalled server fails instead of hanging
 # Side of the dummy input the variable check builds the network on (any multiple of 32).
@@ -227,6 +229,20 @@ def install_checkpoint(net, tarball_path, modelspath):
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path, net):
+    """Hold an exclusive lock on `lock_path`: two fetches of one network (two shells, two
+    runs) would otherwise append to the same .partial file; the second waits, then finds
+    the checkpoint installed."""
+    with open(lock_path, "a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{net}: waiting for another fetch of it to finish", file=sys.stderr)
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
+
+
 # --- One network ------------------------------------------------------------------------
 
 def fetch(net, modelspath, base_url=None, sha256=None, progress=True):
@@ -243,18 +259,19 @@ def fetch(net, modelspath, base_url=None, sha256=None, progress=True):
     except OSError as err:
         raise SegMentorError(f"cannot create {modelspath} ({err.strerror}); pass a writable "
                              f"--modelspath") from None
-    if fcn_arch.checkpoint_exists(checkpoint_path):
-        check_against_network(net, checkpoint_path)
-        print(f"{net}: {checkpoint_path} is already there and fits the network")
-        return checkpoint_path
-    url = f"{base_url.rstrip('/')}/{source.file_name}" if base_url else source.url
-    tarball_path = os.path.join(modelspath, source.file_name)
-    downloaded_now = not os.path.isfile(tarball_path)
-    if downloaded_now:
-        download(url, tarball_path, source.size_bytes, progress)
-    verify_tarball(net, tarball_path, sha256 or source.sha256, downloaded_now)
-    install_checkpoint(net, tarball_path, modelspath)
-    os.remove(tarball_path)
+    with _exclusive(os.path.join(modelspath, f".{source.file_name}{LOCK_SUFFIX}"), net):
+        if fcn_arch.checkpoint_exists(checkpoint_path):
+            check_against_network(net, checkpoint_path)
+            print(f"{net}: {checkpoint_path} is already there and fits the network")
+            return checkpoint_path
+        url = f"{base_url.rstrip('/')}/{source.file_name}" if base_url else source.url
+        tarball_path = os.path.join(modelspath, source.file_name)
+        downloaded_now = not os.path.isfile(tarball_path)
+        if downloaded_now:
+            download(url, tarball_path, source.size_bytes, progress)
+        verify_tarball(net, tarball_path, sha256 or source.sha256, downloaded_now)
+        install_checkpoint(net, tarball_path, modelspath)
+        os.remove(tarball_path)
     print(f"{net}: {checkpoint_path} installed, sha256-verified and checked against the network")
     return checkpoint_path
 
