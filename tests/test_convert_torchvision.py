@@ -170,6 +170,7 @@ def seg_mentor_features(variables, image):
             return sess.run(features, {images: image})
 
 
+@pytest.mark.slow
 def test_converted_network_computes_torchvision_features(state_dict, tmp_path):
     """Random weights with non-trivial batch-norm statistics, one 224x288 image."""
     if subprocess.run([TORCH_PYTHON, "-c", "import torch, torchvision"],

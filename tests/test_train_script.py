@@ -418,6 +418,7 @@ def test_run_restorer_takes_the_encoder_and_a_matching_decoder(two_runs):
                                   tf.train.load_variable(str(checkpoint), decoder_weight)[..., :3])
 
 
+@pytest.mark.slow
 def test_init_from_records_where_the_weights_came_from(two_runs, datapath, tmp_path, capsys):
     source = run_folders(two_runs[0])[0]
     args = args_without_scratch(*train_args(datapath, tmp_path, "--epochs", "1"))
