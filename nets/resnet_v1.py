@@ -7,7 +7,10 @@ block on its last unit). resnet_v1_18 follows the Hailo fork of
 tensorflow/models (hailotech/tf-models-hailofork), whose ImageNet weights were
 converted from torchvision's ResNet-18: basic units `res_block_v1`, the stride
 on the FIRST unit of a block and a 1x1 conv + BN shortcut where the depth
-changes, so those weights compute what they computed in PyTorch.
+changes. Its stem is padded as torchvision pads it (`_torchvision_root`), so
+torchvision's weights (utils/convert_torchvision.py) compute what they computed
+in PyTorch: same features up to float rounding
+(tests/test_convert_torchvision.py).
 
 Usage:
     with slim.arg_scope(arg_scope(is_training=True)):
@@ -26,6 +29,11 @@ from utils.tfcompat import slim, tf
 WEIGHT_DECAY = 1e-4
 BATCH_NORM_DECAY = 0.997
 BATCH_NORM_EPSILON = 1e-5
+
+# conv1 and pool1 reduce the input 4 times before the blocks.
+ROOT_STRIDE = 4
+# torchvision's max-pool padding (each side), for pool1 of resnet_v1_18.
+_POOL1_PAD_PX = 1
 
 # resnet_v1_18: (block scope, output depth, units, stride of the block's first unit).
 # After the stride-4 root (conv1 + pool1), blocks 1-4 end at stride 4, 8, 16, 32.
@@ -102,18 +110,39 @@ def resnet_v1_50(images, is_training=True, num_classes=None, reuse=None, scope="
                   output_stride)
 
 
-def _resnet_v1_18_generator(images, **kwargs):
+def _torchvision_root(images):
+    """The stem as torchvision pads it: conv1 7x7/2 with 3 pixels on every side, then
+    pool1 3x3/2 with 1 pixel on every side. conv2d_same pads conv1 that way already;
+    tf_slim's SAME max-pool would pad only the bottom/right, which moves every later
+    feature map by one pixel against the weights (0.17 relative difference from
+    torchvision's features). The pool pads with the lowest float, as PyTorch does."""
+    net = resnet_utils.conv2d_same(images, 64, 7, stride=2, scope="conv1")
+    net = tf.pad(net, [[0, 0], [_POOL1_PAD_PX] * 2, [_POOL1_PAD_PX] * 2, [0, 0]],
+                 constant_values=net.dtype.min)
+    return slim.max_pool2d(net, [3, 3], stride=2, padding="VALID", scope="pool1")
+
+
+def _resnet_v1_18_generator(images, scope=None, reuse=None, output_stride=None, **kwargs):
     blocks = [resnet_utils.Block(name, res_block_v1,
                                  [{"depth": depth, "stride": first_stride}]
                                  + [{"depth": depth, "stride": 1}] * (units - 1))
               for name, depth, units, first_stride in _RESNET_V1_18_BLOCKS]
+    if output_stride is not None and output_stride % ROOT_STRIDE:
+        raise ValueError(f"output_stride must be a multiple of {ROOT_STRIDE}, got {output_stride}")
     # tf_slim's generator collects only its own `bottleneck` units as end
     # points; collect ours through a collection unique to this call (towers
     # must not mix) and merge it in.
     units_collection = tf.get_default_graph().unique_name("res_block_v1_end_points")
-    with slim.arg_scope([res_block_v1], outputs_collections=units_collection):
-        net, end_points = slim_resnet_v1.resnet_v1(images, blocks, include_root_block=True,
-                                                   **kwargs)
+    with tf.variable_scope(scope, "resnet_v1", [images], reuse=reuse) as sc:
+        # Our own root (torchvision's padding) inside the generator's scope, collected
+        # where the generator collects its end points.
+        with slim.arg_scope([slim.conv2d, slim.max_pool2d],
+                            outputs_collections=sc.original_name_scope + "_end_points"):
+            net = _torchvision_root(images)
+        with slim.arg_scope([res_block_v1], outputs_collections=units_collection):
+            net, end_points = slim_resnet_v1.resnet_v1(
+                net, blocks, include_root_block=False, scope=sc, reuse=reuse,
+                output_stride=output_stride // ROOT_STRIDE if output_stride else None, **kwargs)
     end_points.update(slim.utils.convert_collection_to_dict(units_collection))
     return net, end_points
 
@@ -146,6 +175,7 @@ def arg_scope(is_training=True, weight_decay=WEIGHT_DECAY, batch_norm_decay=BATC
                             weights_initializer=slim.variance_scaling_initializer(),
                             activation_fn=tf.nn.relu,
                             normalizer_fn=batch_norm):
-            # SAME pool1 keeps feature maps aligned to the input for dense prediction.
+            # SAME pool1 (resnet_v1_50; resnet_v1_18 pads its own, as torchvision) keeps
+            # feature maps aligned to the input for dense prediction.
             with slim.arg_scope([slim.max_pool2d], padding="SAME") as scope:
                 return scope

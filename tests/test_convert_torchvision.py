@@ -170,6 +170,25 @@ def seg_mentor_features(variables, image):
             return sess.run(features, {images: image})
 
 
+def test_pool1_pads_one_pixel_on_every_side_as_torchvision():
+    """Without PyTorch: pool1 = 3x3/2 max-pool of conv1 padded by 1 on every side (TF's
+    SAME would pad the bottom/right only, shifting every later map by one pixel)."""
+    extractor = fcn_arch.FEATURE_EXTRACTORS[NET]
+    image = np.random.default_rng(2).uniform(-2, 2, (1, 64, 96, 3)).astype(np.float32)
+    with tf.Graph().as_default():
+        with fcn_arch.slim.arg_scope(extractor.arg_scope(is_training=False)):
+            _, end_points = extractor.build(tf.constant(image), is_training=False)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            conv1, pool1 = sess.run([end_points["conv1"], end_points["pool1"]])
+    padded = np.pad(conv1, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
+    expected = np.stack([np.stack([padded[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
+                                   for j in range(conv1.shape[2] // 2)])
+                         for i in range(conv1.shape[1] // 2)])[None]
+    assert pool1.shape == (1, 16, 24, 64)
+    np.testing.assert_array_equal(pool1, expected)
+
+
 @pytest.mark.slow
 def test_converted_network_computes_torchvision_features(state_dict, tmp_path):
     """Random weights with non-trivial batch-norm statistics, one 224x288 image."""
