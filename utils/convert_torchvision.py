@@ -17,6 +17,10 @@ which seg-mentor never installs. The checkpoint is written to a hidden staging
 folder and moved into place with its `.index` last, so a killed conversion
 leaves no file that looks complete.
 """
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 import json
 import os
 import re

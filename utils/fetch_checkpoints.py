@@ -20,6 +20,10 @@ fcn_train.py look for, is moved in last. A tarball fetched by hand and put at
 `--base_url` (or the environment variable in `BASE_URL_ENV`) fetches every
 tarball as `<base_url>/<tarball name>` instead: a mirror, or a test server.
 """
+if __package__ in (None, ""):  # run as `python utils/...`: find `utils` at the repo root,
+    # as `python -m` does, not in this file's folder (sys.path[0]), whose modules shadow others
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 import contextlib
 import dataclasses
 import fcntl
