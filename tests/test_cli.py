@@ -16,11 +16,14 @@ CREATELINKS = REPO_ROOT / "tboards" / "createlinks"
 
 
 def required_args(parser):
-    """The least a parser accepts: a placeholder value for each required flag."""
+    """The least a parser accepts: a placeholder value for each required flag, and a
+    valid one for each positional argument."""
     args = []
     for action in parser._actions:
         if action.required and action.option_strings:
             args += [action.option_strings[0], "x"]
+        elif action.required:
+            args.append(next(iter(action.choices)) if action.choices else "x")
     return args
 
 
