@@ -26,6 +26,7 @@ from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu
 from utils.datasets import IGNORE_LABEL, SPLIT_FILES
 from utils.errors import SegMentorError, first_line, run_main
 from utils.evaluation import Drawing, default_outdir, evaluate_split, print_metrics
+from utils.files import disk_full_errors
 from utils.prediction import PIXELS_AS_TRAINED, Segmenter, TrainedRun, check_split
 from utils.run_folder import describe_start_weights
 from utils.tta import DEFAULT_OVERLAP
@@ -176,7 +177,8 @@ def main(args):
         try:
             source = "images" if args.imagepath else "movie"
             outdir = make_outdir(args, source, checkpoint.step, plan)
-            with run.predictor(checkpoint) as predictor:
+            with disk_full_errors(outdir, "the test outputs"), \
+                    run.predictor(checkpoint) as predictor:
                 segmenter = Segmenter(predictor, plan)
                 if paths:
                     segment_images(segmenter, spec, paths, outdir, args.save_predictions)
@@ -188,7 +190,7 @@ def main(args):
         return
     check_split(spec, run.datapath, args.split)
     outdir = make_outdir(args, args.split, checkpoint.step, plan)
-    with run.predictor(checkpoint) as predictor:
+    with disk_full_errors(outdir, "the test outputs"), run.predictor(checkpoint) as predictor:
         metrics = evaluate_split(
             predictor, spec, run.datapath, args.split, plan, outdir, args.batch_size,
             Drawing(range(args.first2viz, args.last2viz), args.save_predictions),

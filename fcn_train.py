@@ -14,6 +14,7 @@ utils/run_folder.py.
 """
 import argparse
 import os
+import signal
 import sys
 import time
 import types
@@ -22,15 +23,15 @@ from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's i
 import fcn_arch  # noqa: E402
 from utils import training, training_loop  # noqa: E402
 from utils.augmentation import NO_AUGMENT, AugmentParams  # noqa: E402
-from utils.checkpoints import (CheckpointKeeper, newest_intact, pick_checkpoint,  # noqa: E402
-                               remove_unfinished_saves)
+from utils.checkpoints import (DEFAULT_KEEP_SNAPSHOTS, CheckpointKeeper,  # noqa: E402
+                               newest_intact, pick_checkpoint, remove_unfinished_saves)
 from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  # noqa: E402
 from utils.datasets import DEFAULT_DATAPATH, load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
 from utils.fetch_checkpoints import MODELS_DIR  # noqa: E402
-from utils.run_folder import (RUNS_DIR, RunLog, create_run_dir, read_runargs,  # noqa: E402
-                              write_runargs)
+from utils.run_folder import (RUNS_DIR, HeldRunFolder, RunLog, create_run_dir,  # noqa: E402
+                              read_runargs, write_runargs)
 
 # ---- Defaults: the README recipe (mobilenet_v1 FCN16 from scratch on `shapes`) ----
 DEFAULT_BASENET = "mobilenet_v1"     # thin enough to train on a laptop CPU
@@ -50,9 +51,14 @@ DEFAULT_VAL_FRACTION = 0.25
 DEFAULT_AUGMENT = AugmentParams()    # the flip, scale and stretch of training batches
 # Flags a resumed run may change: where things are on this machine, not what is trained.
 RESUME_OVERRIDES = ("gpu", "datapath")
-# Flags added after runs were made whose default is what those runs did: a
-# resumed run without them in its runargs gets the default.
-ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT = ("output_stride", "init_from", "afteriter")
+# Flags added after runs were made, with the value that does what those runs did: a
+# resumed run without them in its runargs gets it.
+ADDED_WITH_OLD_BEHAVIOUR = {
+    "output_stride": fcn_arch.FEATURE_STRIDE,
+    "keep_snapshots": None,  # every snapshot kept
+    "init_from": None,
+    "afteriter": None,
+}
 
 positive_int = bounded(int, low=0, low_inclusive=False)
 non_negative_int = bounded(int, low=0)
@@ -284,6 +290,9 @@ def build_parser():
     run.add_argument("--snapshot_every", type=positive_int, default=None, metavar="STEPS",
                      help=f"keep a snapshot fcn.ckpt_<step> every STEPS (default: "
                           f"{training_loop.DEFAULT_SNAPSHOTS_PER_RUN} per run)")
+    run.add_argument("--keep_snapshots", type=non_negative_int, default=DEFAULT_KEEP_SNAPSHOTS,
+                     metavar="N", help="keep the newest N snapshots (model only, no optimizer "
+                                       "state), delete older ones (default: %(default)s; 0 = none)")
     run.add_argument("--runs_dir", default=RUNS_DIR,
                      help="where new run folders are made (default: %(default)s)")
     run.add_argument("--seed", type=int, default=0,
@@ -310,9 +319,7 @@ def run_settings(args):
 
 
 def _resumed_settings(args):
-    settings = read_runargs(args.resume)
-    for name in ADDED_WITH_OLD_BEHAVIOUR_AS_DEFAULT:
-        settings.setdefault(name, build_parser().get_default(name))
+    settings = {**ADDED_WITH_OLD_BEHAVIOUR, **read_runargs(args.resume)}
     expected = set(vars(args)) - {"resume"} | set(training_loop.PLAN_KEYS)
     missing = sorted(expected - set(settings))
     if missing:
@@ -346,6 +353,30 @@ def augment_params(settings):
 
 def main(args):
     select_gpu(args.gpu)  # before the first session, which is when TF claims devices
+    with HeldRunFolder() as run_folder:
+        try:
+            with training.signals_as_interrupts():
+                train(args, run_folder)
+        except training.Interrupted as stop:  # outside the loop, which saves and says so itself
+            print(training_loop.interrupted_line(stop.signal_name, run_folder.path),
+                  file=sys.stderr)
+            raise SystemExit(128 + signal.Signals[stop.signal_name]) from None
+
+
+def resume_point(run_dir):
+    """(newest intact checkpoint or None, [(damaged prefix, reason)]) of a held run folder,
+    after sweeping what killed writes left there."""
+    remove_unfinished_saves(run_dir)
+    skipped = []
+    resume_from = newest_intact(run_dir, on_skip=lambda *damaged: skipped.append(damaged))
+    if resume_from is None:
+        print(f"{run_dir} holds no checkpoint: its start failed or was interrupted before the "
+              f"first save; training it from step 0", file=sys.stderr)
+    return resume_from, skipped
+
+
+def train(args, run_folder):
+    """The run; `run_folder` (a HeldRunFolder) gets the run folder as soon as there is one."""
     settings = run_settings(args)
     spec = load_dataset(settings.dataset, settings.datapath)
     # A --crop run trains at native scale and evaluates at native size: pixels 0, which
@@ -353,9 +384,8 @@ def main(args):
     settings.pixels = 0 if settings.crop else (settings.pixels or spec.default_pixels)
     resume_from, skipped_checkpoints = None, []
     if settings.resume:  # the step is needed now: the data stream starts from it
-        remove_unfinished_saves(settings.resume)
-        resume_from = newest_intact(settings.resume, on_skip=lambda *skipped:
-                                    skipped_checkpoints.append(skipped))
+        run_folder.hold(settings.resume)
+        resume_from, skipped_checkpoints = resume_point(settings.resume)
     # Another run's checkpoint, picked now so a missing one fails before any work.
     init_from = (pick_checkpoint(settings.init_from, settings.afteriter)
                  if settings.init_from and not resume_from else None)
@@ -383,10 +413,12 @@ def main(args):
 
         run_dir = settings.resume or create_run_dir(settings.runs_dir, settings.basenet)
         if not settings.resume:
+            run_folder.hold(run_dir)
             write_runargs(run_dir, {**saved_settings(settings, plan), **weights.as_runargs()})
-        keeper = CheckpointKeeper(run_dir)
+        keeper = CheckpointKeeper(run_dir, graph.model_variables, settings.keep_snapshots,
+                                  verified=resume_from and resume_from.prefix)
         started = time.perf_counter()
-        with RunLog(run_dir) as log:
+        with training_loop.event_file_disk_errors(run_dir), RunLog(run_dir) as log:
             for prefix, reason in skipped_checkpoints:
                 print(log.event("skip_checkpoint", path=prefix, reason=reason))
             with tf.Session(config=session_config()) as sess, tf.summary.FileWriter(

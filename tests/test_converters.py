@@ -1,4 +1,5 @@
 """Dataset converters on tiny fake source trees: splits, label remapping, round trip, bad input."""
+import errno
 import io
 import os
 import pathlib
@@ -11,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from utils import camvid_to_records, coco_stuff_to_records, folder_to_records
+from utils import camvid_to_records, coco_stuff_to_records, folder_to_records, tf_records
 from utils import pascal_voc_augmented_to_records as pascal
 from utils.converters import BadPairError
 from utils.datasets import DATASETS, IGNORE_LABEL, load_dataset, read_dataset_meta
@@ -396,6 +397,21 @@ def test_bad_pair_stops_naming_the_file_and_leaves_no_output(tmp_path, case):
     assert _out_files(tmp_path / "out") == []  # no records, no partial file, no staging folder
 
 
+def test_a_full_disk_while_converting_is_one_line_and_leaves_no_output(tmp_path, monkeypatch):
+    _folder_tree(tmp_path)
+    written = []
+
+    def disk_full_after_two(self, *args):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(args)
+    monkeypatch.setattr(tf_records.RecordWriter, "write", disk_full_after_two)
+    with pytest.raises(SegMentorError, match=rf"^no space left on {tmp_path / 'out'}: [\d.]+ MB "
+                                             rf"free \(writing the records of mine\)"):
+        _folder_convert(tmp_path, tmp_path / "out", val_ratio=0)
+    assert _out_files(tmp_path / "out") == []  # no records, no partial file, no staging folder
+
+
 def test_skip_bad_leaves_out_the_pair_with_a_warning(tmp_path, capsys):
     _folder_tree(tmp_path)
     _break_value(tmp_path)
@@ -442,7 +458,8 @@ def test_a_kill_while_moving_splits_in_leaves_no_dataset_rather_than_a_mix(tmp_p
     monkeypatch.setattr(os, "replace", real_replace)
     assert moved == [str(out / "training.tfrecords")]  # new train beside the old val...
     assert not (out / "dataset.json").exists()           # ...but no dataset to mistake for one
-    with pytest.raises(SegMentorError, match="no records of dataset 'camvid'.*camvid_to_records"):
+    with pytest.raises(SegMentorError, match="dataset.json is missing beside the records in "
+                                             ".*camvid_to_records"):
         load_dataset("camvid", str(tmp_path / "data"))
 
 

@@ -184,6 +184,29 @@ def test_counting_a_corrupt_file_is_one_clear_error(tmp_path):
         num_records(spec, str(tmp_path), "train")
 
 
+def test_records_without_their_dataset_json_name_the_missing_file_and_converter(tmp_path):
+    _user_dataset(str(tmp_path))
+    os.remove(tmp_path / "mine" / "dataset.json")
+    with pytest.raises(SegMentorError) as error:
+        load_dataset("mine", str(tmp_path))
+    assert str(error.value) == (
+        f"{tmp_path / 'mine' / 'dataset.json'} is missing beside the records in "
+        f"{tmp_path / 'mine'}: the converter writes it with them; rerun: python "
+        f"utils/folder_to_records.py --images IMAGE_DIR --labels LABEL_DIR --name mine "
+        f"--num_classes N --out {tmp_path / 'mine'}")
+
+
+def test_counts_come_from_the_record_headers_and_must_match_dataset_json(tmp_path):
+    _user_dataset(str(tmp_path), count=3)
+    spec = load_dataset("mine", str(tmp_path))
+    assert num_records(spec, str(tmp_path), "train") == 3
+    path = tmp_path / "mine" / "training.tfrecords"
+    path.write_bytes(path.read_bytes() * 2)  # six whole records: every header is fine
+    with pytest.raises(SegMentorError, match=rf"^{path} holds 6 records but dataset.json says 3: "
+                                             rf".*rebuild it with: python utils/folder_to_records"):
+        num_records(spec, str(tmp_path), "train")
+
+
 def test_unknown_split_is_reported(tmp_path):
     _user_dataset(str(tmp_path))
     spec = load_dataset("mine", str(tmp_path))

@@ -123,17 +123,59 @@ def test_a_resumed_feeder_continues_the_uninterrupted_stream(tmp_path):
         np.testing.assert_array_equal(resumed[0], uninterrupted[step][0])  # same augmentation
 
 
-def test_corrupt_train_records_give_a_clear_error(tmp_path):
+def _record_ends(path):
+    """Byte offsets where each record of a tfrecords file ends."""
+    data, ends, position = open(path, "rb").read(), [], 0
+    while position < len(data):
+        position += 12 + int.from_bytes(data[position:position + 8], "little") + 4
+        ends.append(position)
+    return ends
+
+
+def test_a_damaged_train_record_names_only_the_training_file_and_the_converter(tmp_path):
+    spec = _make_dataset(tmp_path)
+    path = record_path(spec, str(tmp_path), "train")
+    data = bytearray(open(path, "rb").read())
+    data[_record_ends(path)[1] + 40] ^= 0xFF  # inside record 3's payload: the headers still walk
+    open(path, "wb").write(bytes(data))
+    with tf.Graph().as_default():
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+        with tf.Session() as sess, pytest.raises(SegMentorError) as error:
+            with feeder.records_errors("train"):
+                for _ in range(4):
+                    sess.run(feeder.images, {feeder.handle: feeder.train_handle(sess)})
+    message = str(error.value)
+    assert message.startswith(f"corrupt records in {path} (")
+    assert "validation" not in message and "delete" not in message
+    assert message.endswith(f"rebuild it with: python utils/folder_to_records.py --images "
+                            f"IMAGE_DIR --labels LABEL_DIR --name tiny --num_classes N "
+                            f"--out {tmp_path / 'tiny'}")
+
+
+@pytest.mark.parametrize("split, cut_after_records", [("train", 4), ("val", 2)])
+def test_a_split_cut_at_a_record_boundary_is_refused_with_both_counts(tmp_path, split,
+                                                                     cut_after_records):
+    spec = _make_dataset(tmp_path)
+    path = record_path(spec, str(tmp_path), split)
+    data, ends = open(path, "rb").read(), _record_ends(path)
+    open(path, "wb").write(data[:ends[cut_after_records - 1]])
+    with tf.Graph().as_default(), pytest.raises(SegMentorError) as error:
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+    assert str(error.value).startswith(f"{path} holds {cut_after_records} records but "
+                                       f"dataset.json says {len(SIZES[split])}")
+    assert "folder_to_records.py" in str(error.value)
+
+
+def test_a_split_cut_inside_a_record_is_refused_before_training(tmp_path):
     spec = _make_dataset(tmp_path)
     path = record_path(spec, str(tmp_path), "train")
     data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])
-    with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
-        with tf.Session() as sess, pytest.raises(SegMentorError, match="corrupt records in .*training.tfrecords"):
-            with feeder.records_errors():
-                for _ in range(4):
-                    sess.run(feeder.images, {feeder.handle: feeder.train_handle(sess)})
+    open(path, "wb").write(data[:len(data) // 2])
+    with tf.Graph().as_default(), pytest.raises(SegMentorError,
+                                                match=rf"corrupt records in {path}: it ends inside "
+                                                      rf"record \d+ \(cut short\); rebuild it with: "
+                                                      rf"python utils/folder_to_records.py"):
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
 
 
 def test_label_outside_the_classes_is_one_clear_error(tmp_path):
@@ -143,7 +185,7 @@ def test_label_outside_the_classes_is_one_clear_error(tmp_path):
         with tf.Session() as sess, pytest.raises(
                 SegMentorError, match=r"training.tfrecords.* hold label value (8|9|10|11), which is not a "
                                       r"class of the dataset \(0..7, 255 = ignore\)"):
-            with feeder.records_errors():
+            with feeder.records_errors("train"):
                 sess.run(feeder.labels, {feeder.handle: feeder.train_handle(sess)})
 
 
@@ -225,7 +267,7 @@ def test_a_crop_larger_than_a_later_image_without_padding_is_one_line(tmp_path, 
         feeder = Feeder(spec, str(tmp_path), batch_size=6, pixels=0, crop=(24, 24),
                         crop_pad=False)
         with tf.Session() as sess, pytest.raises(SegMentorError) as error:
-            with feeder.records_errors():
+            with feeder.records_errors("train"):
                 sess.run(feeder.images, {feeder.handle: feeder.train_handle(sess)})
     message = str(error.value)
     assert "\n" not in message and message.endswith(CROP_TOO_LARGE_END)

@@ -6,6 +6,7 @@ per module on shapes-like data whose validation images have odd sizes, so
 every test here also checks that predictions come back at source size.
 """
 import csv
+import errno
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from nbclient import NotebookClient
 from PIL import Image
 
 import fcn_test
-from utils import compare_runs, shapes
+from utils import compare_runs, evaluation, shapes
 from utils.datasets import IGNORE_LABEL, write_dataset_meta
 from utils.errors import EXIT_USER_ERROR, run_main
 from utils.prediction import SplitPredictor, TrainedRun
@@ -337,7 +338,8 @@ def _bad_inputs(run_dir, tmp_path):
     return {
         "missing traindir": (["--traindir", tmp_path / "nope"], "run folder .* not found"),
         "no runargs": (["--traindir", empty], "runargs not found"),
-        "no checkpoint": (["--traindir", no_checkpoint], "no checkpoint"),
+        "no checkpoint": (["--traindir", no_checkpoint], "no checkpoint .* in .*no_checkpoint: its "
+                          "training failed or was interrupted before the first save.*--resume"),
         "no such snapshot": (["--traindir", run_dir, "--afteriter", 3],
                              "no snapshot fcn.ckpt_3 .* available --afteriter values: 2, 4"),
         "unreadable image": (["--traindir", run_dir, "--imagepath", tmp_path / "junk.png"],
@@ -407,6 +409,37 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(run_dir, tmp_pat
     assert run_fcn_test("--traindir", damaged, "--last2viz", 0, "--outdir", tmp_path / "out") == 0
     assert re.search(r"warning: checkpoint .*fcn\.ckpt is damaged", capsys.readouterr().err)
     assert read_metrics(tmp_path / "out")["checkpoint"] != "fcn.ckpt"
+
+
+@pytest.mark.slow  # uses the trained run
+def test_a_full_disk_under_the_outputs_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(evaluation, "write_json", disk_full)
+    assert run_fcn_test("--traindir", run_dir, "--last2viz", 0, "--outdir", tmp_path / "out") \
+        == EXIT_USER_ERROR
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"fcn_test.py: error: no space left on {tmp_path / 'out'}: [\d.]+ MB "
+                        rf"free \(writing the test outputs\); free some space or use another "
+                        rf"folder", last), last
+
+
+@pytest.mark.slow  # uses the trained run
+def test_a_damaged_record_names_its_file_and_the_converter(run_dir, data, tmp_path, capsys):
+    datapath, _ = data
+    damaged = tmp_path / "data"
+    shutil.copytree(datapath, damaged)
+    val_file = damaged / DATASET / "validation.tfrecords"
+    records = bytearray(val_file.read_bytes())
+    records[len(records) // 2] ^= 0xFF  # inside a payload: the length headers still walk
+    val_file.write_bytes(bytes(records))
+    assert run_fcn_test("--traindir", run_dir, "--datapath", damaged, "--last2viz", 0,
+                        "--outdir", tmp_path / "out") == EXIT_USER_ERROR
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"fcn_test.py: error: corrupt records in {val_file} (")
+    assert last.endswith(f"rebuild it with: python utils/folder_to_records.py --images "
+                         f"IMAGE_DIR --labels LABEL_DIR --name {DATASET} --num_classes N "
+                         f"--out {damaged / DATASET}")
 
 
 @pytest.mark.slow  # uses the trained run

@@ -7,6 +7,8 @@ several tests read its results.
 import io
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from PIL import Image
 import fcn_arch
 import fcn_train
 from everyday import everyday_or_slow
-from utils import shapes, training, training_loop
+from utils import files, shapes, training, training_loop
 from utils.augmentation import AugmentParams
 from utils.datasets import DatasetSpec, write_dataset_meta
 from utils.errors import run_main
@@ -583,6 +585,88 @@ def test_missing_pretrained_checkpoint_says_where_and_leaves_no_folder(datapath,
     assert str(tmp_path / "mobilenet_v1_1.0_224.ckpt") in stderr[-1]
     assert "--scratch" in stderr[-1] and "--modelspath" in stderr[-1]
     assert not (tmp_path / "runs").exists() or not run_folders(tmp_path / "runs")
+
+
+def interrupt_after(function):
+    """`function`, then a SIGTERM to this process, as a user's `kill` right after it."""
+    def interrupted(*args, **kwargs):
+        result = function(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+    return interrupted
+
+
+def sigterm_exit_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(fcn_train.main, fcn_train.build_parser(), argv)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_sigterm_before_the_run_folder_says_nothing_was_kept(datapath, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.setattr(fcn_train, "load_dataset", interrupt_after(fcn_train.load_dataset))
+    assert sigterm_exit_line(train_args(datapath, tmp_path), capsys) == (
+        "stopped by SIGTERM before a run folder was made: nothing was kept")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_before_the_first_save_then_a_full_disk_then_a_resume(datapath, tmp_path,
+                                                                      capsys, monkeypatch):
+    """A start interrupted before its first save, resumed on a disk too full for a
+    checkpoint, then resumed with room: each says what it kept and the last finishes."""
+    args = train_args(datapath, tmp_path, "--epochs", "1")
+    with monkeypatch.context() as patch:
+        patch.setattr(fcn_train, "write_runargs", interrupt_after(fcn_train.write_runargs))
+        line = sigterm_exit_line(args, capsys)
+    (run_dir,) = run_folders(tmp_path)
+    assert line == (f"stopped by SIGTERM before the first save: {run_dir} holds no checkpoint "
+                    f"(settings and log only); --resume {run_dir} starts it from step 0")
+    assert not list(run_dir.glob("fcn.ckpt*"))
+
+    with monkeypatch.context() as patch:  # 5 MB free: not enough for mobilenet_v1's ~39 MB
+        patch.setattr(files, "free_bytes", lambda path: 5 * files.MB)
+        code, stderr = run_in_process(["--resume", str(run_dir)], capsys)
+    assert code == 2
+    assert f"{run_dir} holds no checkpoint: its start failed or was interrupted before the " \
+           f"first save; training it from step 0" in stderr
+    assert re.fullmatch(rf"fcn_train.py: error: no space left on {run_dir}: 5.0 MB free, a "
+                        rf"checkpoint needs \d+\.\d MB; free some space or use another folder",
+                        stderr[-1]), stderr[-1]
+    assert sorted(path.name for path in run_dir.iterdir()) == sorted([  # nothing half-way
+        ".lock", "runargs", "runlog", *[path.name for path in run_dir.glob("events.*")]])
+    assert parse_runlog(run_dir / RUNLOG_FILE)[-1]["event"] == "error"
+
+    code, stderr = run_in_process(["--resume", str(run_dir)], capsys)
+    assert code == 0, stderr
+    assert saved_step(run_dir / "fcn.ckpt") == STEPS_PER_EPOCH
+    assert [line["event"] for line in parse_runlog(run_dir / RUNLOG_FILE) if "event" in line] == [
+        "resume", "error", "resume", "done"]
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_at_the_first_save_is_one_line_and_leaves_no_temporary_file(
+        datapath, tmp_path):
+    """RLIMIT_FSIZE makes every write past 16 MB fail (EFBIG), as a full disk would."""
+    limit_bytes = 16 * files.MB  # above the events file (its graph: ~5 MB), below a checkpoint
+
+    def limit_file_size():  # Python ignores SIGXFSZ, so writes fail instead of killing it
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "fcn_train.py"), *train_args(datapath, tmp_path,
+                                                                      "--epochs", "1")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECS,
+        preexec_fn=limit_file_size)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (run_dir,) = run_folders(tmp_path)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"fcn_train.py: error: file size limit reached writing a checkpoint in {run_dir} "
+        f"(ulimit -f, or the file system's largest file); raise the limit or use another folder")
+    assert not [path.name for path in run_dir.iterdir()
+                if "tempstate" in path.name or path.name.endswith(".partial")]
+    assert not list(run_dir.glob("fcn.ckpt*"))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -2,6 +2,7 @@
 lr schedules, optimizers, checkpoints, step plan and the end of a run
 (utils/run_folder.py, utils/training.py, utils/checkpoints.py, utils/training_loop.py)."""
 import datetime
+import errno
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import pytest
 
 from types import SimpleNamespace
 
-from utils import checkpoints, inference, run_folder, training, training_loop
+from utils import checkpoints, files, inference, run_folder, training, training_loop
 from utils.datasets import IGNORE_LABEL, DatasetSpec
 from utils.errors import SegMentorError
 from utils.tfcompat import tf
@@ -300,7 +301,93 @@ def test_saves_write_latest_snapshots_and_the_state_file(tmp_path):
     assert "/" not in (tmp_path / "checkpoint").read_text()  # relative: the folder can move
     assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_15"), "global_step") == 15
     assert tf.train.load_variable(str(tmp_path / "fcn.ckpt"), "global_step") == 20
-    assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_prev"), "global_step") == 15
+    # Between saves the previous state is a second name of the latest: no extra disk.
+    for suffix in (".index", ".data-00000-of-00001"):
+        assert os.path.samefile(tmp_path / f"fcn.ckpt{suffix}", tmp_path / f"fcn.ckpt_prev{suffix}")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".") or "tempstate" in p]
+
+
+def adam_graph():
+    """A weight, a batch-norm-like statistic and Adam's slots: (weights, global_step,
+    train_op, model variables)."""
+    weights = tf.get_variable("w", initializer=np.zeros(1000, np.float32))
+    moving_mean = tf.get_variable("moving_mean", initializer=np.ones(3, np.float32),
+                                  trainable=False)
+    global_step = tf.train.get_or_create_global_step()
+    model_variables = tuple(tf.global_variables())
+    train_op = training.make_train_op(tf.reduce_sum(weights - 1.0) ** 2, global_step, 0.1,
+                                      "adam", 0.9, 1e-8, [], [weights])
+    return weights, global_step, train_op, model_variables
+
+
+def test_snapshots_hold_the_model_only_and_the_newest_are_kept(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step, train_op, model_variables = adam_graph()
+        sess.run(tf.global_variables_initializer())
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), model_variables, keep_snapshots=2)
+        for _ in range(4):
+            sess.run(train_op)
+            keeper.save(sess, int(sess.run(global_step)), snapshot=True)
+    assert checkpoints.snapshot_steps(str(tmp_path)) == [3, 4]
+    snapshot = {name for name, _ in tf.train.list_variables(str(tmp_path / "fcn.ckpt_4"))}
+    latest = {name for name, _ in tf.train.list_variables(str(tmp_path / "fcn.ckpt"))}
+    assert snapshot == {"w", "moving_mean", "global_step"}
+    assert {"w/Adam", "w/Adam_1", "beta1_power", "beta2_power"} <= latest - snapshot
+    size = lambda name: sum(f.stat().st_size for f in tmp_path.glob(name + ".*"))  # noqa: E731
+    assert size("fcn.ckpt_4") < size("fcn.ckpt") / 2.5  # Adam: 3x the weights
+    assert not list(tmp_path.glob("fcn.ckpt_[12].*"))  # older snapshots deleted whole
+
+
+def test_keep_snapshots_zero_writes_none(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), keep_snapshots=0)
+        save_at(sess, keeper, weights, global_step, 5, snapshot=True)
+    assert checkpoints.snapshot_steps(str(tmp_path)) == []
+    assert tf.train.load_variable(str(tmp_path / "fcn.ckpt"), "global_step") == 5
+
+
+def test_resume_from_a_snapshot_alone_starts_a_fresh_optimizer_state(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step, train_op, model_variables = adam_graph()
+        sess.run(tf.global_variables_initializer())
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), model_variables)
+        sess.run(train_op)
+        sess.run(train_op)
+        trained = sess.run(weights)
+        keeper.save(sess, 2, snapshot=True)
+    for name in ("fcn.ckpt", "fcn.ckpt_prev"):
+        for path in tmp_path.glob(name + ".*"):
+            path.unlink()
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step, train_op, model_variables = adam_graph()
+        found = checkpoints.newest_intact(str(tmp_path))
+        assert found == checkpoints.Checkpoint(str(tmp_path / "fcn.ckpt_2"), 2)
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), model_variables,
+                                              verified=found.prefix)
+        assert training_loop.initialise(sess, keeper, found, None) == (
+            f"{found.prefix} (a snapshot: model only, fresh optimizer state)")
+        np.testing.assert_array_equal(sess.run(weights), trained)
+        assert sess.run(global_step) == 2
+        assert not sess.run(tf.global_variables("w/Adam:0")[0]).any()  # fresh slots
+        sess.run(train_op)  # and it trains on
+        keeper.save(sess, 3)
+    assert tf.train.load_variable(str(tmp_path / "fcn.ckpt"), "global_step") == 3
+
+
+def kill_between_renames(tmp_path, monkeypatch, save):
+    """Run `save` as if killed between TF's two renames: the new data file beside the
+    old index (renamed in, as TF does), and nothing after."""
+    old_index = (tmp_path / "fcn.ckpt.index").read_bytes()
+
+    def killed(prefix):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoints, "_verify_save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save()
+    monkeypatch.undo()
+    (tmp_path / "fcn.ckpt.index").unlink()
+    (tmp_path / "fcn.ckpt.index").write_bytes(old_index)
 
 
 class _NoEvents:
@@ -356,6 +443,23 @@ def test_best_checkpoint_is_replaced_only_when_val_miou_improves(tmp_path, monke
     assert not list(tmp_path.glob(".*"))  # no staging files left
 
 
+def test_the_best_checkpoint_holds_the_model_only_and_survives_rotation(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step, train_op, model_variables = adam_graph()
+        sess.run(tf.global_variables_initializer())
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), model_variables, keep_snapshots=1)
+        sess.run(train_op)
+        keeper.save_best(sess)
+        for _ in range(3):
+            sess.run(train_op)
+            keeper.save(sess, int(sess.run(global_step)), snapshot=True)
+    best = str(tmp_path / checkpoints.BEST_NAME)
+    assert {name for name, _ in tf.train.list_variables(best)} == {"w", "moving_mean",
+                                                                   "global_step"}
+    assert tf.train.load_variable(best, "global_step") == 1
+    assert checkpoints.snapshot_steps(str(tmp_path)) == [4]
+
+
 def restore_newest(sess, keeper, run_dir, skipped=None):
     """What a resumed run does: find the newest intact checkpoint, then restore it."""
     found = checkpoints.newest_intact(str(run_dir), on_skip=lambda path, why: skipped.append(path)
@@ -392,7 +496,8 @@ def test_resume_skips_damaged_checkpoints_down_to_an_intact_snapshot(tmp_path):
     assert not list(tmp_path.glob("*tempstate*"))
 
 
-def test_a_kill_inside_a_save_loses_only_the_steps_since_the_previous_save(tmp_path):
+def test_a_kill_inside_a_save_loses_only_the_steps_since_the_previous_save(tmp_path,
+                                                                           monkeypatch):
     with tf.Graph().as_default(), tf.Session() as sess:
         weights, global_step = variables_graph()
         keeper = checkpoints.CheckpointKeeper(str(tmp_path))
@@ -401,15 +506,149 @@ def test_a_kill_inside_a_save_loses_only_the_steps_since_the_previous_save(tmp_p
             save_at(sess, keeper, weights, global_step, step, snapshot=False)
         assert checkpoints.checkpoint_candidates(str(tmp_path)) == [
             str(tmp_path / name) for name in ("fcn.ckpt", "fcn.ckpt_prev", "fcn.ckpt_5")]
-        # The save of step 20 killed between its renames: new data, old (step 15) index.
-        old_index = (tmp_path / "fcn.ckpt.index").read_bytes()
-        save_at(sess, keeper, weights, global_step, 20, snapshot=False)
-        (tmp_path / "fcn.ckpt.index").write_bytes(old_index)
+        kill_between_renames(tmp_path, monkeypatch,
+                             lambda: save_at(sess, keeper, weights, global_step, 20, False))
         skipped = []
         found = restore_newest(sess, keeper, tmp_path, skipped)
         assert skipped == [str(tmp_path / "fcn.ckpt")]
         assert found.step == 15 and sess.run(global_step) == 15
         np.testing.assert_array_equal(sess.run(weights), np.full(1000, 15.0))
+
+
+def test_after_a_fallback_resume_the_intact_state_survives_until_a_save_reads_back(
+        tmp_path, monkeypatch):
+    """A damaged fcn.ckpt, resume from fcn.ckpt_prev, a save that fails, then two saves."""
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), keep_snapshots=0)
+        save_at(sess, keeper, weights, global_step, 10, snapshot=False)
+        kill_between_renames(tmp_path, monkeypatch,
+                             lambda: save_at(sess, keeper, weights, global_step, 15, False))
+    with tf.Graph().as_default(), tf.Session() as sess:  # the resumed process
+        weights, global_step = variables_graph()
+        found = checkpoints.newest_intact(str(tmp_path))
+        assert found.prefix == str(tmp_path / "fcn.ckpt_prev") and found.step == 10
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), keep_snapshots=0,
+                                              verified=found.prefix)
+        keeper.restore(sess, found.prefix)
+
+        def failing_save(*args, **kwargs):
+            raise tf.errors.UnknownError(None, None, "disk went away")
+        monkeypatch.setattr(keeper._saver, "save", failing_save)
+        with pytest.raises(tf.errors.UnknownError):
+            save_at(sess, keeper, weights, global_step, 11, snapshot=False)
+        monkeypatch.undo()
+        assert checkpoints.newest_intact(str(tmp_path)) == found  # the damaged one was not linked
+        for step in (12, 13):
+            save_at(sess, keeper, weights, global_step, step, snapshot=False)
+            for name in ("fcn.ckpt", "fcn.ckpt_prev"):
+                assert checkpoints.newest_intact(str(tmp_path)).step == step
+                np.testing.assert_array_equal(
+                    tf.train.load_variable(str(tmp_path / name), "w"), np.full(1000, step))
+
+
+def test_a_save_onto_hard_links_of_one_file_leaves_no_temporary_files(tmp_path):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), keep_snapshots=0)
+        save_at(sess, keeper, weights, global_step, 5, snapshot=False)
+        for path in tmp_path.glob("fcn.ckpt_prev.*"):  # as an older version could leave them
+            path.unlink()
+            os.link(tmp_path / path.name.replace("fcn.ckpt_prev", "fcn.ckpt"), path)
+        resumed = checkpoints.CheckpointKeeper(str(tmp_path), keep_snapshots=0,
+                                               verified=str(tmp_path / "fcn.ckpt"))
+        for step in (6, 7):
+            save_at(sess, resumed, weights, global_step, step, snapshot=False)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["checkpoint"] + [f"fcn.ckpt{name}.{ext}" for name in ("", "_prev")
+                          for ext in ("index", "data-00000-of-00001")])
+    assert tf.train.load_variable(str(tmp_path / "fcn.ckpt_prev"), "global_step") == 7
+
+
+def test_a_full_disk_stops_a_save_before_it_writes_anything(tmp_path, monkeypatch):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        save_at(sess, keeper, weights, global_step, 5, snapshot=True)
+        before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+        monkeypatch.setattr(files, "free_bytes", lambda path: 3 * files.MB // 2)
+        with pytest.raises(SegMentorError, match=rf"^no space left on {tmp_path}: 1.5 MB free, "
+                                                 rf"a checkpoint needs 2.0 MB"):
+            save_at(sess, keeper, weights, global_step, 10, snapshot=True)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_a_save_failing_with_enospc_names_the_disk_and_removes_its_temporary_files(
+        tmp_path, monkeypatch):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        save_at(sess, keeper, weights, global_step, 5, snapshot=False)
+
+        def disk_full(sess, prefix, **kwargs):  # what TF's writer leaves and raises
+            open(prefix + ".data-00000-of-00001.tempstate123", "wb").write(b"half")
+            raise tf.errors.ResourceExhaustedError(
+                None, None, f"{prefix}.data-00000-of-00001.tempstate123; No space left on device")
+        monkeypatch.setattr(keeper._saver, "save", disk_full)
+        with pytest.raises(SegMentorError, match=rf"^no space left on {tmp_path}: [\d.]+ MB "
+                                                 rf"free, a checkpoint needs [\d.]+ MB"):
+            with training_loop.out_of_memory_errors(16):  # not taken for out of memory
+                save_at(sess, keeper, weights, global_step, 10, snapshot=False)
+    assert not list(tmp_path.glob("*tempstate*"))
+    assert checkpoints.newest_intact(str(tmp_path)).step == 5
+
+
+def test_a_second_signal_inside_a_save_leaves_the_previous_state_and_no_temporary_files(
+        tmp_path, monkeypatch):
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path))
+        save_at(sess, keeper, weights, global_step, 5, snapshot=False)
+
+        def interrupted(sess, prefix, **kwargs):
+            open(prefix + ".index.tempstate77", "wb").write(b"half")
+            raise training.Interrupted("SIGINT")
+        monkeypatch.setattr(keeper._saver, "save", interrupted)
+        with pytest.raises(training.Interrupted):
+            save_at(sess, keeper, weights, global_step, 10, snapshot=True)
+    assert not list(tmp_path.glob("*tempstate*")) and not list(tmp_path.glob(".*"))
+    assert checkpoints.newest_intact(str(tmp_path)).step == 5
+
+
+def test_a_signal_outside_the_loop_says_what_the_run_folder_keeps(tmp_path):
+    assert training_loop.interrupted_line("SIGINT", None) == (
+        "stopped by SIGINT before a run folder was made: nothing was kept")
+    assert "holds no checkpoint" in training_loop.interrupted_line("SIGTERM", str(tmp_path))
+    with tf.Graph().as_default(), tf.Session() as sess:
+        weights, global_step = variables_graph()
+        save_at(sess, checkpoints.CheckpointKeeper(str(tmp_path)), weights, global_step, 5, False)
+    assert training_loop.interrupted_line("SIGTERM", str(tmp_path)) == (
+        f"stopped by SIGTERM: {tmp_path} keeps fcn.ckpt (step 5); continue with --resume "
+        f"{tmp_path}")
+
+
+def test_signals_as_interrupts_raise_where_the_program_is():
+    with pytest.raises(training.Interrupted) as stop:
+        with training.signals_as_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+    assert stop.value.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_the_next_start_sweeps_leftovers_of_killed_writes(tmp_path):
+    leftovers = ["fcn.ckpt.data-00000-of-00001.tempstate8812", "fcn.ckpt_9.index.tempstate1",
+                 "checkpoint.tmp3f2a", ".runargs.0123abcd.partial",
+                 ".fcn.ckpt_prev.index.89ab.partial"]
+    for name in leftovers + ["runargs", "runlog"]:
+        (tmp_path / name).write_text("x")
+    with run_folder.RunFolderLock(str(tmp_path)):
+        checkpoints.remove_unfinished_saves(str(tmp_path))
+        with pytest.raises(SegMentorError, match="in use by another fcn_train.py"):
+            with run_folder.RunFolderLock(str(tmp_path)):
+                pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "runargs", "runlog"]
 
 
 def test_resume_with_only_damaged_checkpoints_is_a_user_error(tmp_path):
@@ -419,7 +658,7 @@ def test_resume_with_only_damaged_checkpoints_is_a_user_error(tmp_path):
         save_at(sess, keeper, weights, global_step, 5, snapshot=True)
         for data in tmp_path.glob("*.data-*"):
             data.write_bytes(b"")
-        with pytest.raises(SegMentorError, match="none of the 2 checkpoints"):
+        with pytest.raises(SegMentorError, match="none of the 3 checkpoints"):
             checkpoints.newest_intact(str(tmp_path))
 
 
@@ -467,7 +706,7 @@ def test_the_step_plan_round_trips_through_runargs():
     assert (plan.steps_per_epoch, plan.total_steps, plan.lr_drop_steps) == (3, 9, (3, 6))
     # Once an epoch, but not more often than every MIN_DEFAULT_EVERY_STEPS.
     assert (plan.val_every, plan.save_every, plan.snapshot_every) == (
-        training_loop.MIN_DEFAULT_EVERY_STEPS, training_loop.MIN_DEFAULT_EVERY_STEPS, 1)
+        training_loop.MIN_DEFAULT_EVERY_STEPS, training_loop.MIN_DEFAULT_EVERY_STEPS, 3)
     saved = json.loads(json.dumps(plan.as_runargs()))  # as runargs holds it
     assert training_loop.resumed_plan(SimpleNamespace(**saved, dataset="toy"), 10, "run") == plan
 
@@ -475,7 +714,7 @@ def test_the_step_plan_round_trips_through_runargs():
 def test_validation_and_saves_default_to_once_an_epoch():
     plan = training_loop.make_plan(plan_settings(epochs=2), num_train_images=400)
     assert plan.steps_per_epoch == 100 > training_loop.MIN_DEFAULT_EVERY_STEPS
-    assert (plan.val_every, plan.save_every, plan.snapshot_every) == (100, 100, 20)
+    assert (plan.val_every, plan.save_every, plan.snapshot_every) == (100, 100, 50)
     explicit = training_loop.make_plan(plan_settings(val_every=7, save_every=9, snapshot_every=5),
                                        num_train_images=400)
     assert (explicit.val_every, explicit.save_every, explicit.snapshot_every) == (7, 9, 5)
@@ -485,6 +724,23 @@ def test_resuming_on_a_training_set_of_another_size_is_a_user_error():
     saved = training_loop.make_plan(plan_settings(), num_train_images=10).as_runargs()
     with pytest.raises(SegMentorError, match="now has 12 training images.*planned for 10"):
         training_loop.resumed_plan(SimpleNamespace(**saved, dataset="toy"), 12, "run")
+
+
+def test_a_full_disk_under_the_event_writer_thread_is_reported_once(tmp_path, capfd):
+    def writer_thread():  # as TF's EventLoggerThread dies when its file cannot grow
+        tf.get_logger().error("EventFileWriter writer thread error: %s",
+                              "events.out; No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(SegMentorError, match=rf"^no space left on {tmp_path}: .* MB free "
+                                             rf"\(writing TensorBoard events\)"):
+        with training_loop.event_file_disk_errors(str(tmp_path)):
+            thread = threading.Thread(target=writer_thread, name="EventLoggerThread")
+            thread.start()
+            thread.join()
+            raise tf.errors.ResourceExhaustedError(None, None, "events.out; No space left on "
+                                                               "device")
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err and "writer thread error" not in captured.err
 
 
 def test_out_of_memory_is_one_line_saying_what_to_lower():

@@ -44,7 +44,7 @@ from utils.cli import CheckedArgumentParser
 from utils.datasets import (DEFAULT_DATAPATH, DATASET_META_FILE, IGNORE_LABEL, NUM_LABEL_VALUES,
                             SPLIT_FILES, distinct_colors, write_dataset_meta)
 from utils.errors import SegMentorError, first_line
-from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS
+from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, disk_full_errors, is_disk_full
 from utils.tf_records import RecordWriter, encode_label_png
 
 # Lossless only: JPEG artefacts would invent class indices along every edge.
@@ -327,49 +327,53 @@ def write_dataset(splits, out_dir, *, name, class_names, label_map, source, colo
         if not pairs:
             raise SegMentorError(f"no image/label pairs for the {split} split of {name}; "
                                  f"check the source folder {source}")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        staging_dir = tempfile.mkdtemp(prefix=".converting-", dir=out_dir)
-    except OSError as err:
-        raise SegMentorError(f"cannot write into {out_dir} ({first_line(err)}); pick another --out") from err
-    started = time.perf_counter()
-    try:
-        counts, skipped, train_pixels = {}, {}, np.zeros(len(class_names), np.int64)
-        for split, pairs in splits.items():
-            path = os.path.join(staging_dir, SPLIT_FILES[split])
-            counts[split], skipped[split], pixels = _write_split(
-                pairs, path, label_map, f"{name} {split}", skip_bad, workers)
-            if counts[split] == 0:
-                raise SegMentorError(f"all {len(pairs)} pairs of the {split} split of {name} are bad; "
-                                     "see the warnings above")
-            if split == "train":
-                train_pixels = pixels
-        seconds = time.perf_counter() - started
-        files = {}
-        # Without dataset.json the folder is no dataset: a kill between the moves below
-        # cannot leave new and old splits that pass for one conversion.
-        meta_path = os.path.join(out_dir, DATASET_META_FILE)
-        if os.path.exists(meta_path):
-            os.remove(meta_path)
-        for split, file_name in SPLIT_FILES.items():
-            final_path = os.path.join(out_dir, file_name)
-            if split in splits:
-                files[split] = final_path
-                os.replace(os.path.join(staging_dir, file_name), final_path)
-            elif os.path.exists(final_path):
-                os.remove(final_path)  # an older conversion's split must not pass for this one's
-    finally:
-        shutil.rmtree(staging_dir, ignore_errors=True)
-    total_train_pixels = train_pixels.sum()
-    write_dataset_meta(out_dir, {
-        "name": name,
-        "class_names": list(class_names),
-        "colors": [list(c) for c in (colors or distinct_colors(len(class_names)))],
-        "ignore_label": IGNORE_LABEL,
-        "class_frequencies": (train_pixels / total_train_pixels).tolist() if total_train_pixels else None,
-        "splits": {split: {"file": SPLIT_FILES[split], "count": counts[split]} for split in splits},
-        "source": source,
-    })
+    # A full disk anywhere below (records, staging, dataset.json) is one line naming out_dir.
+    with disk_full_errors(out_dir, f"the records of {name}"):
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            staging_dir = tempfile.mkdtemp(prefix=".converting-", dir=out_dir)
+        except OSError as err:
+            if is_disk_full(err):
+                raise
+            raise SegMentorError(f"cannot write into {out_dir} ({first_line(err)}); pick another --out") from err
+        started = time.perf_counter()
+        try:
+            counts, skipped, train_pixels = {}, {}, np.zeros(len(class_names), np.int64)
+            for split, pairs in splits.items():
+                path = os.path.join(staging_dir, SPLIT_FILES[split])
+                counts[split], skipped[split], pixels = _write_split(
+                    pairs, path, label_map, f"{name} {split}", skip_bad, workers)
+                if counts[split] == 0:
+                    raise SegMentorError(f"all {len(pairs)} pairs of the {split} split of {name} are bad; "
+                                         "see the warnings above")
+                if split == "train":
+                    train_pixels = pixels
+            seconds = time.perf_counter() - started
+            files = {}
+            # Without dataset.json the folder is no dataset: a kill between the moves below
+            # cannot leave new and old splits that pass for one conversion.
+            meta_path = os.path.join(out_dir, DATASET_META_FILE)
+            if os.path.exists(meta_path):
+                os.remove(meta_path)
+            for split, file_name in SPLIT_FILES.items():
+                final_path = os.path.join(out_dir, file_name)
+                if split in splits:
+                    files[split] = final_path
+                    os.replace(os.path.join(staging_dir, file_name), final_path)
+                elif os.path.exists(final_path):
+                    os.remove(final_path)  # an older conversion's split must not pass for this one's
+        finally:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+        total_train_pixels = train_pixels.sum()
+        write_dataset_meta(out_dir, {
+            "name": name,
+            "class_names": list(class_names),
+            "colors": [list(c) for c in (colors or distinct_colors(len(class_names)))],
+            "ignore_label": IGNORE_LABEL,
+            "class_frequencies": (train_pixels / total_train_pixels).tolist() if total_train_pixels else None,
+            "splits": {split: {"file": SPLIT_FILES[split], "count": counts[split]} for split in splits},
+            "source": source,
+        })
     return ConversionSummary(name=name, out_dir=out_dir, files=files, counts=counts, skipped=skipped,
                              meta_path=os.path.join(out_dir, DATASET_META_FILE),
                              num_classes=len(class_names), seconds=seconds)

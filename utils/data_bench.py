@@ -34,7 +34,7 @@ def feeder_images_per_sec(spec, datapath, pixels, batch_size, num_batches):
     """Training batches (augmented) per second times batch size."""
     with tf.Graph().as_default():
         feeder = Feeder(spec, datapath, batch_size, pixels, augment=AugmentParams())
-        with tf.Session() as sess, feeder.records_errors():
+        with tf.Session() as sess, feeder.records_errors("train"):
             train = {feeder.handle: feeder.train_handle(sess)}
             for _ in range(WARMUP_BATCHES):
                 sess.run(feeder.images.op, train)

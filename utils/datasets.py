@@ -23,8 +23,8 @@ from typing import Callable, Mapping, Optional
 
 from utils import shapes
 from utils.errors import SegMentorError, first_line
-from utils.files import write_text_atomic
-from utils.tfcompat import tf
+from utils.files import disk_full_errors, write_text_atomic
+from utils.tf_records import count_records
 
 IGNORE_LABEL = 255
 # Labels are stored as 8-bit PNG (utils/tf_records.py): values 0..255, classes below IGNORE_LABEL.
@@ -241,6 +241,11 @@ def load_dataset(name, datapath=None):
     dataset_dir = _dataset_dir(datapath, name)
     spec = DATASETS.get(name)
     meta = read_dataset_meta(dataset_dir)
+    if meta is None and _holds_records(dataset_dir) and (spec is None or spec.make_records is None):
+        converter = spec.converter if spec else FOLDER_CONVERTER.format(name=name)
+        raise SegMentorError(f"{os.path.join(dataset_dir, DATASET_META_FILE)} is missing beside "
+                             f"the records in {dataset_dir}: the converter writes it with them; "
+                             f"rerun: {converter} --out {dataset_dir}")
     if spec is None and meta is None:
         found = _found_datasets(datapath)
         raise SegMentorError(
@@ -262,6 +267,11 @@ def load_dataset(name, datapath=None):
         raise SegMentorError(f"no records of dataset '{name}' in {dataset_dir}; "
                              f"make them with: {how_to_make(spec, datapath)}")
     return spec
+
+
+def _holds_records(dataset_dir):
+    return os.path.isdir(dataset_dir) and any(name.endswith(".tfrecords")
+                                              for name in os.listdir(dataset_dir))
 
 
 def _is_current(spec, dataset_dir, meta):
@@ -293,8 +303,9 @@ def _generate(spec, dataset_dir):
         if _is_current(spec, dataset_dir, meta):
             return meta
         try:
-            meta = spec.make_records(dataset_dir, spec.split_files)
-            write_dataset_meta(dataset_dir, meta)
+            with disk_full_errors(dataset_dir, f"dataset {spec.name}"):
+                meta = spec.make_records(dataset_dir, spec.split_files)
+                write_dataset_meta(dataset_dir, meta)
         except OSError as err:
             raise SegMentorError(f"cannot write dataset {spec.name} into {dataset_dir} "
                                  f"({first_line(err)}); pass another --datapath") from err
@@ -317,14 +328,16 @@ def record_path(spec, datapath, split):
 
 
 def num_records(spec, datapath, split):
-    """Number of examples in `split`: from dataset.json, else counted in the file."""
-    if spec.split_counts and split in spec.split_counts:
-        return spec.split_counts[split]
+    """Number of examples in `split`, counted in the file (headers only, no decode) and
+    checked against dataset.json: a file cut at a record boundary reads as a normal end
+    of file, so only the count gives it away."""
     path = record_path(spec, datapath, split)
     if not os.path.isfile(path):
         raise SegMentorError(f"records file {path} not found; make it with: {how_to_make(spec, datapath)}")
-    try:
-        return sum(1 for _ in tf.io.tf_record_iterator(path))
-    except tf.errors.OpError as err:  # DataLossError: truncated or checksum-failing file
-        raise SegMentorError(f"corrupt records in {path} ({first_line(err)}); delete the file "
-                             f"and rerun: {how_to_make(spec, datapath)}") from err
+    counted = count_records(path, how_to_make(spec, datapath))
+    expected = (spec.split_counts or {}).get(split)
+    if expected is not None and counted != expected:
+        raise SegMentorError(f"{path} holds {counted} records but {DATASET_META_FILE} says "
+                             f"{expected}: the file is incomplete or from another conversion; "
+                             f"rebuild it with: {how_to_make(spec, datapath)}")
+    return counted

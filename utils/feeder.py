@@ -173,11 +173,13 @@ class Feeder:
         return self._handle(sess, "val")
 
     @contextlib.contextmanager
-    def records_errors(self):
-        """Context manager turning a corrupt-record error in sess.run, or a training
-        image smaller than a crop that may not be padded, into a SegMentorError."""
+    def records_errors(self, split):
+        """Context manager turning a corrupt-record error in sess.run of `split` ('train' or
+        'val') batches into a SegMentorError naming that split's file, or a training image
+        smaller than a crop that may not be padded into one saying so."""
+        path = {"train": self.train_path, "val": self.val_path}[split]
         try:
-            with records_errors(self.train_path, self.val_path, how_to_make=self._how_to_make):
+            with records_errors(path, how_to_make=self._how_to_make):
                 yield
         except tf.errors.InvalidArgumentError as err:
             match = _CROP_TOO_LARGE_PATTERN.search(err.message)

@@ -11,11 +11,19 @@ Image files: `IMAGE_EXTENSIONS` is what the converters and fcn_test accept as
 images, and `IMAGE_READ_ERRORS` what PIL raises for a file it cannot read
 (damaged, not an image, or a "decompression bomb" of absurd size), so every
 reader reports all of them as one line rather than a traceback.
+
+A full disk: every writer runs inside `disk_full_errors(folder, what)`, which
+turns the "no space" errors of Python and TensorFlow (ENOSPC, a quota, a file
+size limit) into one SegMentorError line naming the folder and its free space;
+`require_free_space` refuses a write that cannot fit before it starts.
 """
 import contextlib
+import errno
 import os
 import secrets
 import shutil
+
+from utils.errors import SegMentorError
 
 from PIL import Image
 
@@ -45,13 +53,17 @@ def atomic_path(path, suffix=PARTIAL_SUFFIX):
     try:
         yield tmp_path
     except BaseException:
-        _remove_quietly(tmp_path)
+        remove_quietly(tmp_path)
         raise
     try:
         os.replace(tmp_path, path)
     except BaseException:
-        _remove_quietly(tmp_path)
+        remove_quietly(tmp_path)
         raise
+    # Renaming a hard link onto another name of the same file does nothing
+    # (POSIX), so the temporary name would stay behind.
+    if os.path.lexists(tmp_path):
+        remove_quietly(tmp_path)
 
 
 def write_text_atomic(path, text):
@@ -61,7 +73,8 @@ def write_text_atomic(path, text):
             f.write(text)
 
 
-def _remove_quietly(path):
+def remove_quietly(path):
+    """Delete a file or folder; nothing when it is already gone."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
         return
@@ -69,3 +82,64 @@ def _remove_quietly(path):
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+# --- A full disk -----------------------------------------------------------------------
+
+MB = 1 << 20  # the unit of free space in messages, as `du -m` and `df -m` count
+# ENOSPC: the file system is full; EDQUOT: the user's quota; EFBIG: a file size limit
+# (ulimit -f, or the file system's largest file).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# How TensorFlow's file writers report the same errors: strerror in the message
+# (ENOSPC comes out as a ResourceExhaustedError, which otherwise means out of memory).
+_DISK_FULL_PHRASES = tuple(os.strerror(number) for number in DISK_FULL_ERRNOS)
+
+
+def free_bytes(path):
+    """Free bytes (for this user) on the file system holding `path` (or its nearest
+    existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def _error_text(err):
+    return getattr(err, "message", None) or str(err)
+
+
+def is_disk_full(err):
+    """True for an error that says the disk (or quota, or file size limit) is full."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in DISK_FULL_ERRNOS
+    return any(phrase in _error_text(err) for phrase in _DISK_FULL_PHRASES)
+
+
+def disk_full_error(path, what, needed_bytes=None, err=None):
+    """The one-line error for `what` (e.g. 'a checkpoint') not fitting on `path`;
+    `err` the error that said so (a file size limit is named as such)."""
+    if err is not None and (getattr(err, "errno", None) == errno.EFBIG or
+                            os.strerror(errno.EFBIG) in _error_text(err)):
+        return SegMentorError(f"file size limit reached writing {what} in {path} (ulimit -f, "
+                              f"or the file system's largest file); raise the limit or use "
+                              f"another folder")
+    needed = f", {what} needs {needed_bytes / MB:.1f} MB" if needed_bytes else f" (writing {what})"
+    return SegMentorError(f"no space left on {path}: {free_bytes(path) / MB:.1f} MB free{needed}; "
+                          f"free some space or use another folder")
+
+
+def require_free_space(path, needed_bytes, what):
+    """SegMentorError (nothing written) when `needed_bytes` do not fit on `path`."""
+    if free_bytes(path) < needed_bytes:
+        raise disk_full_error(path, what, needed_bytes)
+
+
+@contextlib.contextmanager
+def disk_full_errors(path, what, needed_bytes=None):
+    """Turn a full-disk error of any writer inside the block into one SegMentorError line."""
+    try:
+        yield
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(path, what, needed_bytes, err) from None
+        raise

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from fcn_arch import arch_from_runargs
 from utils.checkpoints import (BEST_NAME, LATEST_NAME, Checkpoint, checkpoint_candidates,
                                pick_checkpoint, saved_step)
-from utils.datasets import IGNORE_LABEL, load_dataset, num_records, record_path
+from utils.datasets import IGNORE_LABEL, how_to_make, load_dataset, num_records, record_path
 from utils.errors import SegMentorError, first_line
 from utils.feeder import make_split_dataset
 from utils.inference import ScoreAccumulator
@@ -67,8 +67,10 @@ class TrainedRun:
         self._datapath_given = datapath is not None
         self._spec = None
         if not checkpoint_candidates(traindir):
-            raise SegMentorError(f"no checkpoint ({LATEST_NAME}*) in {traindir}: train it first "
-                                 f"with fcn_train.py, or pick another run")
+            raise SegMentorError(f"no checkpoint ({LATEST_NAME}*) in {traindir}: its training "
+                                 f"failed or was interrupted before the first save (or is still "
+                                 f"starting); continue it with python fcn_train.py --resume "
+                                 f"{traindir}, or pick another run")
 
     def checkpoint(self, afteriter=None, best=False):
         """The newest intact checkpoint, snapshot fcn.ckpt_<afteriter>, or with `best`
@@ -218,6 +220,7 @@ class SplitPredictor(_SessionOwner):
         self.spec = spec
         self.num_images = num_records(spec, datapath, split)
         self._path = record_path(spec, datapath, split)
+        self._how_to_make = how_to_make(spec, datapath)
         self._predictor, self._plan, self._batch_size = predictor, plan, batch_size
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -230,7 +233,7 @@ class SplitPredictor(_SessionOwner):
 
     def _next_records(self):
         records = []
-        with records_errors(self._path):
+        with records_errors(self._path, how_to_make=self._how_to_make):
             for _ in range(self._batch_size):
                 try:
                     records.append(self.sess.run(self._next_record))

@@ -4,11 +4,13 @@
     write_runargs(run_dir, settings)  ...  settings = read_runargs(run_dir)
     log = RunLog(run_dir); log.write(step=300, loss=0.412)  # "step=300 loss=0.412"
     lines = parse_runlog(os.path.join(run_dir, RUNLOG_FILE))  # [{'step': 300, ...}, ...]
+    with RunFolderLock(run_dir): ...                      # one trainer per folder at a time
 
 No TensorFlow here, so tools such as `tboards/createlinks` start instantly.
 Checkpoints are `utils/checkpoints.py`'s business.
 """
 import datetime
+import fcntl
 import json
 import numbers
 import os
@@ -17,12 +19,13 @@ import re
 import shlex
 
 from utils.errors import SegMentorError
-from utils.files import write_text_atomic
+from utils.files import disk_full_errors, write_text_atomic
 
 # tmp/ in the repository root (its contents are ignored by git).
 RUNS_DIR = str(pathlib.Path(__file__).resolve().parents[1] / "tmp")
 RUNARGS_FILE = "runargs"
 RUNLOG_FILE = "runlog"
+LOCK_FILE = ".lock"
 RUN_NAME_PATTERN = re.compile(r"^(?P<date>\d{8})_(?P<basenet>.+)__(?P<number>\d+)$")
 FIRST_RUN_NUMBER = 1
 # Significant digits of floats in the runlog: enough to see a trend, short enough to read.
@@ -63,8 +66,63 @@ def is_run_dir(path):
 
 def write_runargs(run_dir, settings):
     """Write `settings` (a dict of JSON values) as sorted JSON, atomically."""
-    write_text_atomic(os.path.join(run_dir, RUNARGS_FILE),
-                      json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    with disk_full_errors(run_dir, RUNARGS_FILE):
+        write_text_atomic(os.path.join(run_dir, RUNARGS_FILE),
+                          json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder while a trainer works in it.
+
+    A second trainer (`--resume` of a run still going) is refused at once
+    instead of interleaving saves, and the holder knows that temporary files
+    in the folder belong to no live save, so it may sweep them. The kernel
+    drops the lock when the process dies, however it dies.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self._file = None
+
+    def __enter__(self):
+        self._file = open(os.path.join(self.run_dir, LOCK_FILE), "a")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise SegMentorError(f"{self.run_dir} is in use by another fcn_train.py still "
+                                 f"training there; wait for it to end or stop it first") from None
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()  # releases the lock
+        return False
+
+
+class HeldRunFolder:
+    """The run folder a trainer works in, once it has one: its path, and its lock held
+    until the end of the `with` block.
+
+        with HeldRunFolder() as held:
+            ...; held.hold(run_dir); ...        # held.path: None until then
+    """
+
+    def __init__(self):
+        self.path = None
+        self._lock = None
+
+    def hold(self, run_dir):
+        lock = RunFolderLock(run_dir)
+        lock.__enter__()
+        self.path, self._lock = run_dir, lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._lock:
+            self._lock.__exit__(*exc)
+        return False
 
 
 def read_runargs(run_dir):
@@ -137,8 +195,9 @@ class RunLog:
     def write(self, **fields):
         """Append one line and return it (for the console)."""
         line = format_log_line(**fields)
-        self._file.write(line + "\n")
-        self._file.flush()
+        with disk_full_errors(os.path.dirname(self.path), RUNLOG_FILE):
+            self._file.write(line + "\n")
+            self._file.flush()
         return line
 
     def event(self, event, **fields):
@@ -147,7 +206,10 @@ class RunLog:
         return self.write(event=event, time=stamp, **fields)
 
     def close(self):
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # a line that did not fit was reported when written; closing adds nothing
 
     def __enter__(self):
         return self

@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 import re
+import struct
 
 import numpy as np
 from PIL import Image
@@ -158,6 +159,39 @@ def read_records(path, how_to_make=None):
     return tf.data.TFRecordDataset(path)
 
 
+# A tfrecords entry: uint64 length, uint32 CRC of the length, the payload, uint32 CRC of it.
+_LENGTH_HEADER = struct.Struct("<QI")
+_PAYLOAD_CRC_BYTES = 4
+
+
+def count_records(path, how_to_make=None):
+    """Records in the tfrecords file `path`, walking the length headers only.
+
+    No payload is read or decoded, so even a large file counts in a blink.
+    A file that ends inside a record (cut mid-write) is a SegMentorError naming
+    it and the converter; one cut exactly between records counts short, which
+    the caller compares with dataset.json.
+    """
+    size = os.path.getsize(path)
+    count = position = 0
+    with open(path, "rb") as f:
+        while position < size:
+            header = f.read(_LENGTH_HEADER.size)
+            if len(header) < _LENGTH_HEADER.size:
+                break
+            length, _ = _LENGTH_HEADER.unpack(header)
+            position += _LENGTH_HEADER.size + length + _PAYLOAD_CRC_BYTES
+            if position > size:
+                break
+            count += 1
+            f.seek(position)
+    if position != size:
+        raise SegMentorError(f"corrupt records in {path}: it ends inside record {count + 1} "
+                             f"(cut short); rebuild it with: "
+                             f"{how_to_make or 'the dataset converter'}")
+    return count
+
+
 # The message of checked_label's assertion; records_errors recognises it.
 _LABEL_RANGE_PHRASE = "label value outside the class range"
 _LABEL_RANGE_PATTERN = re.compile(re.escape(_LABEL_RANGE_PHRASE) + r"\] \[(\d+)\] \[(\d+)\] \[(\d+)\]")
@@ -223,7 +257,7 @@ def _raise_if_corrupt(err, paths, how_to_make):
         return
     fix = how_to_make or "the dataset's converter"
     raise SegMentorError(f"corrupt records in {_names(paths)} ({reason or 'data loss'}); "
-                         f"delete the file and rerun: {fix}") from err
+                         f"rebuild it with: {fix}") from err
 
 
 def _corrupt_data_reason(message):

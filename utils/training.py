@@ -13,6 +13,7 @@ Run-folder files live in `utils/run_folder.py`, checkpoints in
 `utils/checkpoints.py`, the graph and loop built from these pieces in
 `utils/training_loop.py`.
 """
+import contextlib
 import signal
 
 import numpy as np
@@ -310,6 +311,33 @@ def all_finite(variables):
 
 # --- Stopping on request -----------------------------------------------------------------
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (`signal_name`: 'SIGINT', 'SIGTERM') that ended the program where it was."""
+
+    def __init__(self, signal_name):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def signals_as_interrupts(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Inside the block, SIGINT and SIGTERM raise Interrupted wherever the program is.
+
+    SIGTERM's default is to die at once without a word; as an exception it
+    unwinds like Ctrl-C (temporary files removed), and the caller says what
+    was kept. The training loop's StopRequests takes over while it runs.
+    """
+    def interrupt(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class StopRequests:
     """Turns SIGINT / SIGTERM into a flag the loop checks between steps.
 
@@ -330,7 +358,7 @@ class StopRequests:
 
     def _handle(self, signum, frame):
         if self.signal_name:
-            raise KeyboardInterrupt
+            raise Interrupted(signal.Signals(signum).name)
         self.signal_name = signal.Signals(signum).name
 
     def __enter__(self):

@@ -6,6 +6,7 @@
     loop = TrainingLoop(sess, graph, feeder, spec, plan, keeper, log, events, keep_best=True)
     loop.log_start('start', init, run_dir); signal_name = loop.run()
     finish(run_dir, log, loop.step, plan.total_steps, signal_name, secs)
+    interrupted_line(signal_name, run_dir)     # what a signal outside the loop leaves
 
 `settings` is a run's resolved settings with attribute access (the keys of its
 runargs: basenet, learnrate, optimizer, ...), passed in by fcn_train.py; nothing
@@ -18,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -26,14 +28,18 @@ from tqdm import tqdm
 from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402
 from utils import training  # noqa: E402
+from utils.checkpoints import checkpoint_candidates, saved_step  # noqa: E402
 from utils.datasets import IGNORE_LABEL  # noqa: E402
 from utils.errors import SegMentorError  # noqa: E402
+from utils.files import disk_full_errors, is_disk_full  # noqa: E402
 from utils.inference import segmentation_metrics  # noqa: E402
 from utils.run_folder import RUNLOG_FILE, parse_runlog, read_runargs  # noqa: E402
 from utils.visualization import colorize_labels_tf  # noqa: E402
 
-# Snapshots by default: this many over the run, so disk use is bounded whatever the length.
-DEFAULT_SNAPSHOTS_PER_RUN = 10
+# Snapshots by default: this many over the run (a quarter of it apart), so disk use is
+# bounded whatever the length: the README job's folder (mobilenet_v1) is fcn.ckpt 38.7 MB
+# + 4 snapshots of 12.9 MB + ~7 MB of events = ~98 MB; ten would take it to ~175 MB.
+DEFAULT_SNAPSHOTS_PER_RUN = 4
 IMAGE_SUMMARY_COUNT = 3  # validation images shown in TensorBoard
 # Validation and saves default to once per epoch, but no more often than this: an
 # epoch of --debug_overfit 4 at batch 4 is one step, and validating CamVid after
@@ -127,6 +133,7 @@ class TrainGraph:
     val_pixels: tf.Tensor
     val_confusion: tf.Tensor
     images_summary: tf.Tensor
+    model_variables: tuple        # what snapshots hold: all but the optimizer's variables
 
     def step_fetches(self):
         """What one training step fetches. `lr` comes from the same run as the step,
@@ -155,6 +162,7 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
     lr = training.learning_rate(settings.learnrate, global_step, settings.lr_policy, total_steps,
                                 lr_drop_steps, settings.warmup_steps)
     objective = loss + tf.losses.get_regularization_loss()
+    model_variables = tuple(tf.global_variables())  # the optimizer's slots come next
     train_op = training.make_train_op(objective, global_step, lr, settings.optimizer,
                                       settings.momentum, settings.epsilon,
                                       *training.trainable_pretrained_and_new(train_arch),
@@ -176,7 +184,7 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
         val_loss_sum=val_loss_sum, val_pixels=val_pixels,
         val_confusion=training.batch_confusion(eval_logits, labels, spec.num_classes,
                                                IGNORE_LABEL),
-        images_summary=images_summary)
+        images_summary=images_summary, model_variables=model_variables)
 
 
 # --- Initialisation ----------------------------------------------------------------------
@@ -231,8 +239,9 @@ def initialise(sess, keeper, resume_from, weights):
     StartWeights `weights` say. Returns which, for the runlog."""
     sess.run(tf.global_variables_initializer())
     if resume_from:
-        keeper.restore(sess, resume_from.prefix)
-        return resume_from.prefix
+        if keeper.restore(sess, resume_from.prefix):
+            return resume_from.prefix
+        return f"{resume_from.prefix} (a snapshot: model only, fresh optimizer state)"
     if weights.restore:
         weights.restore(sess)
     return weights.label
@@ -245,9 +254,41 @@ def out_of_memory_errors(batch_size):
     """An out-of-memory error inside `sess.run` as one SegMentorError line saying what to lower."""
     try:
         yield
-    except tf.errors.ResourceExhaustedError:
+    except tf.errors.ResourceExhaustedError as err:
+        if is_disk_full(err):  # TF reports a full disk with the same error class
+            raise
         raise SegMentorError(f"out of memory with --batch_size {batch_size}; lower "
                              f"--batch_size or --pixels") from None
+
+
+@contextlib.contextmanager
+def event_file_disk_errors(run_dir):
+    """A full disk under TensorBoard's event writer as one SegMentorError line.
+
+    TF writes events from its own thread; when the file cannot grow, that
+    thread logs an error and dies with a traceback, and the main thread gets
+    the same error at its next flush. The main thread's report is the one
+    kept: the writer thread's two are dropped.
+    """
+    logger = tf.get_logger()
+
+    def thread_report(record):
+        return not (record.getMessage().startswith("EventFileWriter writer thread error") and
+                    any(is_disk_full(Exception(arg)) for arg in record.args or ()))
+
+    def thread_death(args, previous=threading.excepthook):
+        if args.thread is None or args.thread.name != "EventLoggerThread" or \
+                not is_disk_full(args.exc_value):
+            previous(args)
+
+    logger.addFilter(thread_report)
+    threading.excepthook, previous_hook = thread_death, threading.excepthook
+    try:
+        with disk_full_errors(run_dir, "TensorBoard events"):
+            yield
+    finally:
+        threading.excepthook = previous_hook
+        logger.removeFilter(thread_report)
 
 
 # --- Validation and logging ----------------------------------------------------------------
@@ -264,14 +305,15 @@ def validate(sess, graph, feeder, spec):
     loss_sum = pixels = 0.0
     images_summary = None
     fetches = [graph.val_loss_sum, graph.val_pixels, graph.val_confusion]
-    for _ in range(feeder.val_batches_per_pass):
-        if images_summary is None:  # the first batch also draws its pictures
-            *values, images_summary = sess.run(fetches + [graph.images_summary], val_feed)
-        else:
-            values = sess.run(fetches, val_feed)
-        loss_sum += values[0]
-        pixels += values[1]
-        confusion += values[2]
+    with feeder.records_errors("val"):
+        for _ in range(feeder.val_batches_per_pass):
+            if images_summary is None:  # the first batch also draws its pictures
+                *values, images_summary = sess.run(fetches + [graph.images_summary], val_feed)
+            else:
+                values = sess.run(fetches, val_feed)
+            loss_sum += values[0]
+            pixels += values[1]
+            confusion += values[2]
     miou = segmentation_metrics(confusion, spec.class_names)["miou"]
     return loss_sum / max(pixels, 1.0), miou, images_summary
 
@@ -351,21 +393,24 @@ class TrainingLoop:
         Any error also ends the runlog with an 'error' line.
         """
         try:
-            with out_of_memory_errors(self.plan.batch_size):
+            with disk_full_errors(self.keeper.run_dir, "TensorBoard events"), \
+                    out_of_memory_errors(self.plan.batch_size):
                 return self._steps()
         except BaseException as err:  # a second Ctrl-C too: the runlog says how it ended
-            self.log.event("error", step=self.step, message=str(err) or type(err).__name__)
+            with contextlib.suppress(SegMentorError):  # unless the disk is full
+                self.log.event("error", step=self.step, message=str(err) or type(err).__name__)
             raise
 
     def _steps(self):
         plan, fetches = self.plan, self.graph.step_fetches()
         train_feed = {self.feeder.handle: self.feeder.train_handle(self.sess)}
-        with training.StopRequests() as stop, self.feeder.records_errors(), \
+        with training.StopRequests() as stop, \
                 tqdm(total=plan.total_steps, initial=self.step, unit="step",
                      dynamic_ncols=True) as self.bar:
             while self.step < plan.total_steps and not stop.signal_name:
                 started = time.perf_counter()
-                result = self.sess.run(fetches, train_feed)
+                with self.feeder.records_errors("train"):
+                    result = self.sess.run(fetches, train_feed)
                 self.step = int(result["step"])
                 if not math.isfinite(result["loss"]):
                     raise diverged(f"the loss became {result['loss']}", self.step,
@@ -443,3 +488,20 @@ def finish(run_dir, log, step, total_steps, signal_name, secs):
         raise SystemExit(128 + signal.Signals[signal_name])
     log.event("done", step=step, secs=round(secs))
     print(summary_line(run_dir, step, secs))
+
+
+def interrupted_line(signal_name, run_dir):
+    """One line for a signal outside the loop (which saves and says so itself): what the
+    run folder `run_dir` (None: not made yet) keeps."""
+    if run_dir is None:
+        return f"stopped by {signal_name} before a run folder was made: nothing was kept"
+    candidates = checkpoint_candidates(run_dir)
+    if not candidates:
+        return (f"stopped by {signal_name} before the first save: {run_dir} holds no checkpoint "
+                f"(settings and log only); --resume {run_dir} starts it from step 0")
+    try:
+        step = saved_step(candidates[0])
+    except SegMentorError:
+        step = None
+    return (f"stopped by {signal_name}: {run_dir} keeps {os.path.basename(candidates[0])}"
+            f"{f' (step {step})' if step is not None else ''}; continue with --resume {run_dir}")
