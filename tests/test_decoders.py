@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import fcn_arch
-import fcn_train
 from everyday import everyday_or_slow
 from fcn_arch import ARCHS, ATROUS_NETS, FCN_FAMILY, FEATURE_EXTRACTORS
 from nets.mobilenet_v1 import atrous_strides
@@ -121,22 +120,6 @@ def test_impossible_architectures_fail_with_one_line(build, message):
     with pytest.raises(SegMentorError) as err:
         build()
     assert str(err.value) == message
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--extended_arch", "linknet", "--fcn16"], "--extended_arch linknet taps its own strides"),
-    (["--basenet", "inception_v1", "--output_stride", "8"],
-     "--output_stride 8 needs atrous convolution, which inception_v1 lacks"),
-    (["--output_stride", "4"], "argument --output_stride: invalid choice: 4"),
-    (["--extended_arch", "segnet"], "argument --extended_arch: invalid choice: 'segnet'"),
-])
-def test_bad_decoder_flags_give_one_line_and_exit_code_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        fcn_train.build_parser().parse_args(argv)
-    stderr = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2
-    assert len(stderr) == 1 and stderr[0].startswith("fcn_train.py: error: ")
-    assert message in stderr[0]
 
 
 def test_arch_from_runargs_reads_the_output_stride_with_32_for_older_runs():

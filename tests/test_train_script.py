@@ -705,6 +705,11 @@ def test_a_file_size_limit_at_the_first_save_is_one_line_and_leaves_no_temporary
                                             "--scratch"),
     (["--init_from", "tmp/x", "--modelspath", "m"], "drop --modelspath"),
     (["--afteriter", "4"], "--afteriter picks a snapshot of the --init_from run"),
+    (["--extended_arch", "linknet", "--fcn16"], "--extended_arch linknet taps its own strides"),
+    (["--basenet", "inception_v1", "--output_stride", "8"],
+     "--output_stride 8 needs atrous convolution, which inception_v1 lacks"),
+    (["--output_stride", "4"], "argument --output_stride: invalid choice: 4"),
+    (["--extended_arch", "segnet"], "argument --extended_arch: invalid choice: 'segnet'"),
 ])
 def test_bad_flags_give_one_line_and_exit_code_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
