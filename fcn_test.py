@@ -5,6 +5,7 @@
     python fcn_test.py --traindir tmp/... --best     # fcn.ckpt_best of a --keep_best run
     python fcn_test.py --traindir tmp/... --imagepath photos/ --moviepath street.mp4
     python fcn_test.py --traindir tmp/... --pixels 0 --scales 0.75 1 1.25 --flip --tile 512 512
+    python fcn_test.py --model exports/int8/model.tflite       # an fcn_export.py export
 
 The network is rebuilt from the run's `runargs`, and its dataset is read from
 the run's datapath (or --datapath, when the data has moved). Scores come from one confusion
@@ -14,7 +15,10 @@ matrix summed over every image of the split at its source resolution, with a
 confusion.csv, confusion.png, per_image.csv, viz/ (and viz/worst/), predictions/
 (see utils/evaluation.py). --scales/--flip/--tile (utils/tta.py) apply to
 splits, images and videos alike. With --imagepath/--moviepath the run segments
-those instead of a split.
+those instead of a split. With --model, an export made by fcn_export.py
+(SavedModel folder or .tflite) predicts instead of the run's checkpoint, at the
+size it was exported for (utils/export.py: ExportedRun); outputs default to its
+folder.
 """
 import os
 import sys
@@ -26,6 +30,7 @@ from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu
 from utils.datasets import IGNORE_LABEL, SPLIT_FILES
 from utils.errors import SegMentorError, first_line, run_main
 from utils.evaluation import Drawing, default_outdir, evaluate_split, print_metrics
+from utils.export import ExportedRun
 from utils.files import disk_full_errors
 from utils.prediction import PIXELS_AS_TRAINED, Segmenter, TrainedRun, check_split
 from utils.run_folder import describe_start_weights
@@ -35,9 +40,18 @@ from utils.visualization import (VideoReader, VideoWriter, colorize, image_files
 
 # Flags that only mean something when a split is scored.
 SPLIT_ONLY_FLAGS = ("split", "batch_size", "first2viz", "last2viz")
+# Flags of a run's checkpoint and size, which an export fixed when it was made.
+RUN_ONLY_FLAGS = ("afteriter", "best", "pixels")
 
 
 def _check_flag_combinations(parser, args):
+    if (args.traindir is None) == (args.model is None):
+        parser.error("pass either --traindir (a training run) or --model (an export)")
+    if args.model:
+        given = [name for name in RUN_ONLY_FLAGS if getattr(args, name) != parser.get_default(name)]
+        if given:
+            parser.error(f"--{', --'.join(given)} only appl{'ies' if len(given) == 1 else 'y'} "
+                         f"to --traindir; an export runs as it was exported")
     if args.best and args.afteriter is not None:
         parser.error("--best and --afteriter each pick the checkpoint: give one")
     if args.overlap != parser.get_default("overlap") and not args.tile:
@@ -61,8 +75,11 @@ def build_parser():
         description="Score a trained run on a dataset split (mIoU with a 95% bootstrap "
                     "interval, per-class IoU, confusion matrix, pictures), or segment "
                     "images and videos with it.")
-    parser.add_argument("--traindir", required=True,
+    parser.add_argument("--traindir", default=None,
                         help="run folder made by fcn_train.py (e.g. tmp/20240131_mobilenet_v1__1)")
+    parser.add_argument("--model", default=None,
+                        help="instead of --traindir: a SavedModel folder or .tflite file made by "
+                             "fcn_export.py, scored or run the same way")
     parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
                         help="use snapshot fcn.ckpt_<N> (default: the newest intact checkpoint)")
     parser.add_argument("--best", action="store_true",
@@ -102,7 +119,8 @@ def build_parser():
     parser.add_argument("--moviepath", default=None,
                         help="segment every frame of this video into an overlay mp4")
     parser.add_argument("--outdir", default=None,
-                        help="output folder (default: <traindir>/test_<split|images|movie>_<step>)")
+                        help="output folder (default: <traindir or the --model folder>/"
+                             "test_<split|images|movie>_<step>)")
     parser.add_argument("--save_predictions", action="store_true",
                         help="write each prediction as a single-channel PNG of class ids at the "
                              "image's source size into <outdir>/predictions/")
@@ -112,15 +130,16 @@ def build_parser():
     return parser
 
 
-def make_outdir(args, source, step, plan):
-    """--outdir (or its default), created; SegMentorError naming the flag when it cannot be."""
-    outdir = args.outdir or default_outdir(args.traindir, source, step, plan)
+def make_outdir(args, source, step, plan, home):
+    """--outdir (or its default in `home`, the run's or the export's folder), created;
+    SegMentorError naming the flag when it cannot be."""
+    outdir = args.outdir or default_outdir(home, source, step, plan)
     try:
         os.makedirs(outdir, exist_ok=True)
         if not os.access(outdir, os.W_OK):
             raise PermissionError("not writable")
     except OSError as err:
-        where = "--outdir" if args.outdir else "the default --outdir inside the run folder"
+        where = "--outdir" if args.outdir else f"the default --outdir inside {home}"
         raise SegMentorError(f"cannot write to {outdir}, {where} ({first_line(err)}); "
                              f"pass another --outdir") from None
     return outdir
@@ -162,21 +181,28 @@ def segment_movie(segmenter, spec, reader, outdir):
 
 def main(args):
     select_gpu(args.gpu)  # before the first session, which is when TF claims devices
-    run = TrainedRun(args.traindir, args.datapath)
+    if args.model:
+        run = ExportedRun(args.model, args.datapath)
+        home = run.folder
+    else:
+        run = TrainedRun(args.traindir, args.datapath)
+        home = args.traindir
     checkpoint = run.checkpoint(args.afteriter, best=args.best)
     # A bad --pixels and data that cannot be found fail before any graph is built.
     plan = run.inference_plan(args.pixels, args.scales, args.flip, args.tile, args.overlap)
-    spec = run.dataset()
-    origin = describe_start_weights(run.runargs)
+    segmenting = args.imagepath or args.moviepath
+    # An export carries its classes and colours: segmenting photos with one needs no dataset.
+    spec = run.classes() if args.model and segmenting else run.dataset()
+    origin = None if args.model else describe_start_weights(run.runargs)
     if origin:
         print(origin)
-    if args.imagepath or args.moviepath:
+    if segmenting:
         # Open every input first: a bad path fails before the network is built.
         paths = image_files(args.imagepath) if args.imagepath else []
         movie = VideoReader(args.moviepath) if args.moviepath else None
         try:
             source = "images" if args.imagepath else "movie"
-            outdir = make_outdir(args, source, checkpoint.step, plan)
+            outdir = make_outdir(args, source, checkpoint.step, plan, home)
             with disk_full_errors(outdir, "the test outputs"), \
                     run.predictor(checkpoint) as predictor:
                 segmenter = Segmenter(predictor, plan)
@@ -189,13 +215,14 @@ def main(args):
                 movie.close()
         return
     check_split(spec, run.datapath, args.split)
-    outdir = make_outdir(args, args.split, checkpoint.step, plan)
+    outdir = make_outdir(args, args.split, checkpoint.step, plan, home)
     with disk_full_errors(outdir, "the test outputs"), run.predictor(checkpoint) as predictor:
         metrics = evaluate_split(
             predictor, spec, run.datapath, args.split, plan, outdir, args.batch_size,
             Drawing(range(args.first2viz, args.last2viz), args.save_predictions),
             extra=dict(step=checkpoint.step, checkpoint=os.path.basename(checkpoint.prefix),
-                       pixels=plan.pixels))
+                       pixels=run.eval_pixels(args.pixels),
+                       **({"model": os.path.abspath(args.model)} if args.model else {})))
     print_metrics(metrics)
     print(f"{metrics['num_images']} images at {metrics['images_per_sec']:.1f} images/s "
           f"(decoding, network, scoring and pictures)")

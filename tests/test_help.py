@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "fcn_train": "fcn_train.py",
     "fcn_test": "fcn_test.py",
+    "fcn_export": "fcn_export.py",
     "fcn_arch": "fcn_arch.py",
     "utils.camvid_to_records": "utils/camvid_to_records.py",
     "utils.pascal_voc_augmented_to_records": "utils/pascal_voc_augmented_to_records.py",
@@ -28,6 +29,7 @@ ENTRY_POINTS = {
     "utils.check_dataset": "utils/check_dataset.py",
     "utils.fetch_checkpoints": "utils/fetch_checkpoints.py",
     "utils.convert_torchvision": "utils/convert_torchvision.py",
+    "utils.infer_bench": "utils/infer_bench.py",
 }
 
 

@@ -60,7 +60,7 @@ def test_network_input_is_the_training_eval_sizing(pixels):
     with tf.Graph().as_default(), tf.Session() as sess:
         expected, _, valid_h, valid_w = sess.run(eval_sizing(tf.constant(image),
                                                              tf.constant(label[..., None]), pixels))
-    sized, valid = InferencePlan(pixels=pixels)._network_input(image, 1.0, mirrored=False)
+    sized, valid = InferencePlan(pixels=pixels).network_input(image, 1.0, mirrored=False)
     assert valid == (valid_h, valid_w) and sized.shape == expected.shape
     np.testing.assert_allclose(sized, expected, atol=1e-3)
 
@@ -68,7 +68,7 @@ def test_network_input_is_the_training_eval_sizing(pixels):
 def test_fixed_size_inputs_are_padded_with_the_mean_and_mirrored_before_padding():
     image = np.zeros((10, 20, 3), np.uint8)
     image[:, :5] = 255  # a bright left edge
-    sized, valid = InferencePlan(pixels=40)._network_input(image, 1.0, mirrored=True)
+    sized, valid = InferencePlan(pixels=40).network_input(image, 1.0, mirrored=True)
     assert sized.shape == (40, 40, 3) and valid == (20, 40)
     np.testing.assert_allclose(sized[20:], np.broadcast_to(IMAGENET_MEAN_RGB, (20, 40, 3)))
     assert sized[:20, -9:].min() > 250 and sized[:20, :29].max() < 5  # bright edge now right

@@ -19,6 +19,7 @@ the window). Such runs evaluate at native size (pixels=0).
     image, label = train_sizing(image, label, 512, AugmentParams(), seed)
     image, label = train_crop(image, label, (288, 384), AugmentParams(), seed)
     image, label, valid_height, valid_width = eval_sizing(image, label, 512)
+    image, valid_height, valid_width = eval_image_sizing(image, 512)   # a photo, no label
 
 Inputs: image uint8 [h, w, 3], label uint8 [h, w, 1] (as `parse_example`
 gives them). Outputs: image float32 RGB 0..255, label int32 [H, W].
@@ -231,3 +232,16 @@ def eval_sizing(image, label, pixels):
     image, label = _to_outputs(image, label)
     return image, label, height, width
 
+
+def eval_image_sizing(image, pixels):
+    """eval_sizing of an image without a label, in the graph: what an exported
+    SavedModel does inside (utils/export.py; fcn_test sizes in numpy, utils/tta.py).
+
+    Returns image float32 [P, P, 3], valid_height, valid_width.
+    """
+    if pixels:
+        height, width = _eval_size(image, pixels)
+        image = _pad_image(_resize_image(image, height, width), (pixels, pixels), 0, 0)
+    else:
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+    return tf.cast(image, tf.float32), height, width

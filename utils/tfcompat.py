@@ -23,11 +23,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _has_nvidia_device() else "
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
+def stderr_silenced():
     """Hide what C++ code writes to fd 2 while inside (Python exceptions still raise).
 
     Importing TF logs oneDNN/CUDA notices before absl logging is initialised,
-    which TF_CPP_MIN_LOG_LEVEL cannot reach.
+    which TF_CPP_MIN_LOG_LEVEL cannot reach; the TFLite converter logs every
+    pass it runs.
     """
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -62,7 +63,7 @@ def _modules_hidden(names):
                 del sys.modules[name]
 
 
-with _stderr_silenced(), _modules_hidden(_NOT_FOR_KERAS):
+with stderr_silenced(), _modules_hidden(_NOT_FOR_KERAS):
     import tensorflow as tf2
     import tf_slim as slim  # noqa: F401  (re-exported)
 
@@ -75,9 +76,13 @@ tf.disable_eager_execution()
 tf.logging.set_verbosity(tf.logging.ERROR)
 
 
-def session_config():
+def session_config(num_threads=None):
     """Session options every script uses: grow GPU memory as needed rather than taking
-    it all at start, so a training run and an evaluation can share one GPU."""
+    it all at start, so a training run and an evaluation can share one GPU.
+    num_threads: CPU threads per op and ops at once (None: TensorFlow's default, all cores)."""
     config = tf.ConfigProto()
     config.gpu_options.allow_growth = True
+    if num_threads:
+        config.intra_op_parallelism_threads = num_threads
+        config.inter_op_parallelism_threads = num_threads
     return config

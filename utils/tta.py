@@ -98,7 +98,7 @@ class InferencePlan:
         """
         sums = [None] * len(images)
         for scale, mirrored in self.passes():
-            sized = [self._network_input(image, scale, mirrored) for image in images]
+            sized = [self.network_input(image, scale, mirrored) for image in images]
             inputs = [array for array, _ in sized]
             if self.tile:
                 outputs = [tiled_probabilities(predict, array, self.tile, self.overlap, batch_size)
@@ -115,7 +115,7 @@ class InferencePlan:
         num_passes = len(self.passes())
         return [total / num_passes for total in sums]
 
-    def _network_input(self, image, scale, mirrored):
+    def network_input(self, image, scale=1.0, mirrored=False):
         """(float32 [H, W, 3] network input, (valid_h, valid_w) of the image in it)."""
         height, width = image.shape[:2]
         if self.pixels:
