@@ -16,14 +16,15 @@ CREATELINKS = REPO_ROOT / "tboards" / "createlinks"
 
 
 def required_args(parser):
-    """The least a parser accepts: a placeholder value for each required flag, and a
-    valid one for each positional argument."""
+    """The least a parser accepts: a placeholder value for each required flag and a
+    valid one for each positional argument (the first choice where there are choices)."""
     args = []
     for action in parser._actions:
+        value = next(iter(action.choices or ["x"]))
         if action.required and action.option_strings:
-            args += [action.option_strings[0], "x"]
+            args += [action.option_strings[0], value]
         elif action.required:
-            args.append(next(iter(action.choices)) if action.choices else "x")
+            args.append(value)
     return args
 
 

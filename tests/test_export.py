@@ -331,6 +331,29 @@ def test_every_decoder_exports(decoder, datapath, tmp_path):
                       "--check_images", 1) == 0
 
 
+@pytest.mark.slow
+def test_fcn_test_tta_and_tiles_with_a_savedmodel_of_any_size(run_dir, tmp_path):
+    """A SavedModel exported with --pixels 0 runs at any size, so --scales and --tile
+    apply to it as to its run (the scaled images rounded to the uint8 it takes)."""
+    model = tmp_path / "native"
+    assert run_export("--traindir", run_dir, "--format", "savedmodel", "--pixels", 0,
+                      "--check_images", 1, "--out", model) == 0
+    settings = ["--scales", "1", "1.5", "--flip", "--tile", "24", "24", "--last2viz", "0",
+                "--save_predictions"]
+    from_run, from_model = tmp_path / "run", tmp_path / "model"
+    assert run_main(fcn_test.main, fcn_test.build_parser(),
+                    ["--traindir", str(run_dir), "--pixels", "0", "--outdir", str(from_run)]
+                    + settings) == 0
+    assert run_main(fcn_test.main, fcn_test.build_parser(),
+                    ["--model", str(model), "--outdir", str(from_model)] + settings) == 0
+    metrics = read_json(from_model / "metrics.json")
+    assert metrics["test_time"]["scales"] == [1.0, 1.5] and metrics["test_time"]["tile"] == [24, 24]
+    agreement = [np.mean(np.asarray(Image.open(from_model / "predictions" / name))
+                         == np.asarray(Image.open(from_run / "predictions" / name)))
+                 for name in os.listdir(from_run / "predictions")]
+    assert len(agreement) == len(VAL_SIZES) and min(agreement) > 0.98, agreement
+
+
 def test_fcn_test_segments_photos_with_an_export(savedmodel, tmp_path):
     photo = np.random.default_rng(5).integers(0, 256, (23, 31, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
