@@ -47,7 +47,7 @@ from utils import augmentation
 from utils.checkpoints import Checkpoint
 from utils.datasets import DatasetSpec, IGNORE_LABEL, load_dataset, num_records, record_path
 from utils.errors import SegMentorError, first_line
-from utils.files import atomic_path, write_text_atomic
+from utils.files import atomic_path, disk_full_errors, write_text_atomic
 from utils.inference import ScoreAccumulator
 from utils.prediction import PIXELS_AS_TRAINED, _SessionOwner, _restored_session
 from utils.tf_records import parse_example, read_records, records_errors
@@ -586,7 +586,8 @@ def export_run(run, checkpoint, format_name, quantize, pixels, out_dir,
         raise SegMentorError(f"the val split of {spec.name} holds no images to check against")
 
     os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
-    with atomic_path(out_dir) as tmp_dir:
+    # A full disk is one line naming the folder; atomic_path has removed the partial one.
+    with disk_full_errors(out_dir, "the export"), atomic_path(out_dir) as tmp_dir:
         model_path, metadata_path = write_export(run, checkpoint, spec, format_name, quantize,
                                                  pixels, calibration, tmp_dir)
         with export_format.reference(run, checkpoint, spec.num_classes, pixels) as reference, \
