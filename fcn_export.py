@@ -10,15 +10,15 @@ format takes and returns); `fcn_test.py --model DIR` scores it like a run.
 import os
 import sys
 
-from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu
+from utils.cli import (CheckedArgumentParser, add_checkpoint_flags, add_gpu_flag, bounded,
+                       check_checkpoint_flags, select_gpu)
 from utils.errors import run_main
 from utils.export import DEFAULT_CHECK_IMAGES, FORMATS, QUANTIZATIONS, export_run
 from utils.prediction import PIXELS_AS_TRAINED, TrainedRun
 
 
 def _check_flag_combinations(parser, args):
-    if args.best and args.afteriter is not None:
-        parser.error("--best and --afteriter each pick the checkpoint: give one")
+    check_checkpoint_flags(parser, args)
     allowed = FORMATS[args.format].quantizations
     if args.quantize not in allowed:
         parser.error(f"--quantize {args.quantize} does not apply to --format {args.format} "
@@ -33,11 +33,7 @@ def build_parser():
                     "or int8), checked against the checkpoint on validation images.")
     parser.add_argument("--traindir", required=True,
                         help="run folder made by fcn_train.py (e.g. tmp/20240131_mobilenet_v1__1)")
-    parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
-                        help="export snapshot fcn.ckpt_<N> (default: the newest intact checkpoint)")
-    parser.add_argument("--best", action="store_true",
-                        help="export fcn.ckpt_best, the best val mIoU of a run trained with "
-                             "--keep_best")
+    add_checkpoint_flags(parser)
     parser.add_argument("--format", required=True, choices=list(FORMATS),
                         help="savedmodel: serving signature for TF / TF Serving; "
                              "tflite: model.tflite for phones and embedded CPUs")

@@ -26,7 +26,8 @@ import time
 
 from tqdm import tqdm
 
-from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu
+from utils.cli import (CheckedArgumentParser, add_checkpoint_flags, add_gpu_flag, bounded,
+                       check_checkpoint_flags, select_gpu)
 from utils.datasets import IGNORE_LABEL, SPLIT_FILES
 from utils.errors import SegMentorError, first_line, run_main
 from utils.evaluation import Drawing, default_outdir, evaluate_split, print_metrics
@@ -52,8 +53,7 @@ def _check_flag_combinations(parser, args):
         if given:
             parser.error(f"--{', --'.join(given)} only appl{'ies' if len(given) == 1 else 'y'} "
                          f"to --traindir; an export runs as it was exported")
-    if args.best and args.afteriter is not None:
-        parser.error("--best and --afteriter each pick the checkpoint: give one")
+    check_checkpoint_flags(parser, args)
     if args.overlap != parser.get_default("overlap") and not args.tile:
         parser.error("--overlap only applies to sliding windows: add --tile H W")
     if args.first2viz > args.last2viz:
@@ -80,11 +80,7 @@ def build_parser():
     parser.add_argument("--model", default=None,
                         help="instead of --traindir: a SavedModel folder or .tflite file made by "
                              "fcn_export.py, scored or run the same way")
-    parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
-                        help="use snapshot fcn.ckpt_<N> (default: the newest intact checkpoint)")
-    parser.add_argument("--best", action="store_true",
-                        help="use fcn.ckpt_best, the best val mIoU of a run trained with "
-                             "--keep_best")
+    add_checkpoint_flags(parser)
     parser.add_argument("--split", choices=sorted(SPLIT_FILES), default="val",
                         help="split to score (default: %(default)s)")
     parser.add_argument("--datapath", default=None,

@@ -100,6 +100,23 @@ def bounded(type_, low=None, high=None, low_inclusive=True, high_inclusive=True,
     return parse
 
 
+def add_checkpoint_flags(parser, best=True):
+    """--afteriter N (and --best): which checkpoint of a run folder a script reads, the
+    same in every script that reads one (utils.prediction.TrainedRun.checkpoint takes
+    both). Pair with `check_checkpoint_flags` in the parser's check."""
+    parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
+                        help="use snapshot fcn.ckpt_<N> (default: the newest intact checkpoint)")
+    if best:
+        parser.add_argument("--best", action="store_true",
+                            help="use fcn.ckpt_best, the best val mIoU of a run trained with "
+                                 "--keep_best")
+
+
+def check_checkpoint_flags(parser, args):
+    if getattr(args, "best", False) and args.afteriter is not None:
+        parser.error("--best and --afteriter each pick the checkpoint: give one")
+
+
 def add_gpu_flag(parser):
     """-g/--gpu INDEX, the same in every script."""
     parser.add_argument("-g", "--gpu", type=bounded(int, low=CPU_ONLY), default=None,

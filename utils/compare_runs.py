@@ -22,7 +22,8 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  # noqa: E402
+from utils.cli import (CheckedArgumentParser, add_checkpoint_flags, add_gpu_flag,  # noqa: E402
+                       bounded, select_gpu)
 from utils.datasets import SPLIT_FILES  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.evaluation import (Drawing, default_outdir, evaluate_split, percent,  # noqa: E402
@@ -157,9 +158,7 @@ def build_parser():
                         help="run folders made by fcn_train.py (the first is A, then B, ...)")
     parser.add_argument("--split", choices=sorted(SPLIT_FILES), default="val",
                         help="split every run is scored on (default: %(default)s)")
-    parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
-                        help="use each run's snapshot fcn.ckpt_<N> (default: each run's newest "
-                             "intact checkpoint)")
+    add_checkpoint_flags(parser, best=False)  # the same snapshot step in every run
     parser.add_argument("--datapath", default=None,
                         help="root of the converted datasets (default: each run's own)")
     parser.add_argument("--batch_size", type=bounded(int, low=1), default=1,

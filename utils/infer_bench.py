@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
-from utils.cli import CheckedArgumentParser, bounded  # noqa: E402
+from utils.cli import CheckedArgumentParser, add_checkpoint_flags, bounded  # noqa: E402
 from utils.errors import SegMentorError, first_line, run_main  # noqa: E402
 from utils.export import (QUANTIZATIONS, TfliteNetwork, build_fixed_size_graph,  # noqa: E402
                           export_pixels, load_exported, representative_images, write_export)
@@ -111,8 +111,7 @@ def build_parser():
         description="Images/s of a run's checkpoint graph, SavedModel and TFLite float32 / "
                     "float16 / int8 exports on the CPU, with 1 and 2 threads.")
     parser.add_argument("--traindir", required=True, help="run folder made by fcn_train.py")
-    parser.add_argument("--afteriter", type=bounded(int, low=0), default=None,
-                        help="use snapshot fcn.ckpt_<N> (default: the newest intact checkpoint)")
+    add_checkpoint_flags(parser, best=False)
     parser.add_argument("--pixels", type=positive_int, default=None,
                         help="input side in pixels (default: the run's training size)")
     parser.add_argument("--threads", type=positive_int, nargs="+", default=list(DEFAULT_THREADS),
