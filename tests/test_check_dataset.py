@@ -1,5 +1,4 @@
 """python -m utils.check_dataset on tiny self-made records, one defect at a time."""
-import io
 import os
 import re
 
@@ -11,16 +10,11 @@ from utils import check_dataset
 from utils.datasets import IGNORE_LABEL, how_to_make, load_dataset, write_dataset_meta
 from utils.errors import run_main
 from utils.tf_records import RecordWriter, encode_label_png
+from encoded_images import encode_image
 
 NAME = "tiny11"
 NUM_CLASSES = 11  # CamVid's count: label 200 is far outside it
 SPLIT_FILES = {"train": "training.tfrecords", "val": "validation.tfrecords"}
-
-
-def _png(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _pair(index, height=16, width=20):
@@ -44,7 +38,7 @@ def _write(datapath, counts=None, edit=None, **meta):
                 if edit:
                     image, label, height, width = edit(split, index, image, label) or (
                         image, label, height, width)
-                writer.write(_png(image), "png", encode_label_png(label), height, width,
+                writer.write(encode_image(image), "png", encode_label_png(label), height, width,
                              f"{split}_{index}.png")
     counts = counts or written
     write_dataset_meta(datapath / NAME, {

@@ -6,7 +6,6 @@ Runs are made here without training: runargs plus a checkpoint of the eval
 network's random initial weights (with batch-norm statistics and skip scores
 made non-trivial), which is all an export reads. Images are tiny (32-48 px).
 """
-import io
 import json
 import os
 import subprocess
@@ -29,6 +28,7 @@ from utils.run_folder import write_runargs
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
 from utils.tta import pad_with_mean
+from encoded_images import encode_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny_export"
@@ -39,12 +39,6 @@ STEP = 7
 SUBPROCESS_TIMEOUT_SECS = 300
 
 
-def _png(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def datapath(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -52,14 +46,14 @@ def datapath(tmp_path_factory):
     with RecordWriter(root / DATASET / files["train"]) as writer:
         for index in range(TRAIN_IMAGES):
             image, label = shapes.make_sample(np.random.default_rng([0, index]), PIXELS)
-            writer.write(_png(image), "png", encode_label_png(label), PIXELS, PIXELS,
+            writer.write(encode_image(image), "png", encode_label_png(label), PIXELS, PIXELS,
                          f"train_{index}.png")
     with RecordWriter(root / DATASET / files["val"]) as writer:
         for index, (height, width) in enumerate(VAL_SIZES):
             image, label = shapes.make_sample(np.random.default_rng([1, index]), 48)
             label = label[:height, :width].copy()
             label[0] = IGNORE_LABEL
-            writer.write(_png(image[:height, :width]), "png", encode_label_png(label), height,
+            writer.write(encode_image(image[:height, :width]), "png", encode_label_png(label), height,
                          width, f"val_{index}.png")
     write_dataset_meta(root / DATASET, {
         "name": DATASET, "class_names": list(shapes.CLASS_NAMES),

@@ -1,10 +1,8 @@
 """utils/feeder.py: one graph switches between train and val batches; eval batches keep what fcn_test needs."""
-import io
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from utils.augmentation import IMAGENET_MEAN_RGB, NO_AUGMENT
 from utils.datasets import IGNORE_LABEL, load_dataset, record_path, write_dataset_meta
@@ -12,6 +10,7 @@ from utils.errors import SegMentorError
 from utils.feeder import Feeder, make_split_dataset
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
+from encoded_images import encode_image
 
 NUM_CLASSES = 8
 SIZES = {"train": [(20, 30)] * 6, "val": [(20, 30), (24, 18), (20, 30), (24, 18), (20, 30)]}
@@ -28,9 +27,7 @@ def _make_dataset(datapath, name="tiny", splits_written=("train", "val"), label_
             for index, (height, width) in enumerate(SIZES[split]):
                 image = np.full((height, width, 3), 20 * index + 10, np.uint8)
                 image_format = "PNG" if index % 2 else "JPEG"
-                buffer = io.BytesIO()
-                Image.fromarray(image).save(buffer, format=image_format)
-                writer.write(buffer.getvalue(), image_format, encode_label_png(np.full((height, width), index + label_offset, np.uint8)),
+                writer.write(encode_image(image, image_format), image_format, encode_label_png(np.full((height, width), index + label_offset, np.uint8)),
                              height, width, f"{split}_{index}.png")
         splits[split] = {"file": file_name, "count": len(SIZES[split])}
     write_dataset_meta(out, {"name": name, "class_names": [f"c{i}" for i in range(NUM_CLASSES)],

@@ -7,7 +7,6 @@ every test here also checks that predictions come back at source size.
 """
 import csv
 import errno
-import io
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from utils.errors import EXIT_USER_ERROR, run_main
 from utils.prediction import SplitPredictor, TrainedRun
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.visualization import IGNORE_COLOR, normalized_confusion
+from encoded_images import encode_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny_odd"
@@ -48,12 +48,6 @@ VIDEO_FRAMES, VIDEO_SIZE = 7, (70, 90)  # (height, width)
 SUBPROCESS_TIMEOUT_SECS = 300
 
 
-def _encode_png(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """(datapath, {val file name: label}) of a shapes-like dataset known through its dataset.json."""
@@ -63,7 +57,7 @@ def data(tmp_path_factory):
     with RecordWriter(root / DATASET / files["train"]) as writer:
         for index in range(NUM_TRAIN_IMAGES):
             image, label = shapes.make_sample(np.random.default_rng([0, index]), TRAIN_PIXELS)
-            writer.write(_encode_png(image), "png", encode_label_png(label), TRAIN_PIXELS,
+            writer.write(encode_image(image), "png", encode_label_png(label), TRAIN_PIXELS,
                          TRAIN_PIXELS, f"train_{index}.png")
     with RecordWriter(root / DATASET / files["val"]) as writer:
         for index, (height, width) in enumerate(VAL_SIZES):
@@ -71,7 +65,7 @@ def data(tmp_path_factory):
             image, label = image[:height, :width], label[:height, :width].copy()
             label[0, :] = IGNORE_LABEL  # a void row, as real datasets have
             name = f"val_{index:02d}.png"
-            writer.write(_encode_png(image), "png", encode_label_png(label), height, width, name)
+            writer.write(encode_image(image), "png", encode_label_png(label), height, width, name)
             val_labels[name] = label
     write_dataset_meta(root / DATASET, {
         "name": DATASET, "class_names": list(shapes.CLASS_NAMES),

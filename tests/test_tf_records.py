@@ -10,12 +10,7 @@ from utils.errors import SegMentorError
 from utils.tf_records import (IMAGE_KEY, RecordWriter, encode_label_png, parse_example,
                               read_records, records_errors)
 from utils.tfcompat import tf
-
-
-def _encoded(image, image_format):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=image_format)
-    return buffer.getvalue()
+from encoded_images import encode_image
 
 
 def _pair(height=7, width=5, seed=0):
@@ -29,7 +24,7 @@ def _pair(height=7, width=5, seed=0):
 def _write(path, pairs, image_format="PNG"):
     with RecordWriter(path) as writer:
         for index, (image, label) in enumerate(pairs):
-            writer.write(_encoded(image, image_format), image_format, encode_label_png(label),
+            writer.write(encode_image(image, image_format), image_format, encode_label_png(label),
                          image.shape[0], image.shape[1], f"/src/img_{index}.{image_format.lower()}")
     return writer
 
@@ -56,7 +51,7 @@ def test_round_trip_returns_source_pixels(tmp_path, image_format):
     examples = _read_all(path)
     assert len(examples) == 2
     for index, ((image, label), example) in enumerate(zip(pairs, examples)):
-        source_bytes = _encoded(image, image_format)
+        source_bytes = encode_image(image, image_format)
         assert stored[index].features.feature[IMAGE_KEY].bytes_list.value[0] == source_bytes
         # JPEG decoders differ by a few levels in their IDCT; PNG is exact.
         expected = np.asarray(Image.open(io.BytesIO(source_bytes)).convert("RGB"))
@@ -70,7 +65,7 @@ def test_grey_source_image_comes_out_rgb(tmp_path):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
     path = str(tmp_path / "grey.tfrecords")
     with RecordWriter(path) as writer:
-        writer.write(_encoded(grey, "PNG"), "png", encode_label_png(np.zeros((3, 4), np.uint8)), 3, 4, "g.png")
+        writer.write(encode_image(grey, "PNG"), "png", encode_label_png(np.zeros((3, 4), np.uint8)), 3, 4, "g.png")
     (example,) = _read_all(path)
     np.testing.assert_array_equal(example["image"], np.repeat(grey[..., None], 3, axis=-1))
 
@@ -86,7 +81,7 @@ def test_interrupted_writer_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
         with RecordWriter(str(path)) as writer:
             image, label = _pair()
-            writer.write(_encoded(image, "PNG"), "png", encode_label_png(label), 7, 5, "a.png")
+            writer.write(encode_image(image, "PNG"), "png", encode_label_png(label), 7, 5, "a.png")
             assert os.path.dirname(writer.partial_path) == str(tmp_path)
             assert os.listdir(tmp_path) == [os.path.basename(writer.partial_path)]
             raise RuntimeError("conversion interrupted")
@@ -100,7 +95,7 @@ def test_two_writers_of_one_path_never_share_a_file(tmp_path):
         assert first.partial_path != second.partial_path
         for writer, count in ((first, 1), (second, 2)):
             for index in range(count):
-                writer.write(_encoded(image, "PNG"), "png", encode_label_png(label), 7, 5, f"{index}.png")
+                writer.write(encode_image(image, "PNG"), "png", encode_label_png(label), 7, 5, f"{index}.png")
     # `first` exits last, so its complete file wins; nothing else is left behind.
     assert os.listdir(tmp_path) == ["split.tfrecords"]
     assert sum(1 for _ in tf.io.tf_record_iterator(path)) == 1

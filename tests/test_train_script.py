@@ -4,7 +4,6 @@ dataset (64 px, batch 2), plus tboards/createlinks.
 Runs are the slow part, so module fixtures start each scenario once and
 several tests read its results.
 """
-import io
 import json
 import os
 import re
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import fcn_arch
 import fcn_train
@@ -30,6 +28,7 @@ from utils.run_folder import (RUNLOG_FILE, describe_start_weights, parse_runlog,
                               write_runargs)
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
+from encoded_images import encode_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny"
@@ -51,9 +50,7 @@ def datapath(tmp_path_factory):
             for index in range(count):
                 image, label = shapes.make_sample(np.random.default_rng([split_index, index]),
                                                   IMAGE_SIZE_PX)
-                buffer = io.BytesIO()
-                Image.fromarray(image).save(buffer, format="PNG")
-                writer.write(buffer.getvalue(), "png", encode_label_png(label),
+                writer.write(encode_image(image, "PNG"), "png", encode_label_png(label),
                              IMAGE_SIZE_PX, IMAGE_SIZE_PX, f"{split}_{index}.png")
                 pixel_counts += np.bincount(label.ravel(), minlength=len(pixel_counts))
     write_dataset_meta(root / DATASET, {
