@@ -191,7 +191,8 @@ def build_parser():
                       help="images per step (default: %(default)s)")
     data.add_argument("--class_weighting", choices=list(training.CLASS_WEIGHTINGS),
                       default="none", help="loss weight per class, from the dataset's "
-                                           "training pixel frequencies (default: %(default)s)")
+                                           "training pixel frequencies: 1/f, median(f)/f, or "
+                                           "ENet's 1/ln(1.02 + f) (default: %(default)s)")
     data.add_argument("--flip", action=argparse.BooleanOptionalAction,
                       default=DEFAULT_AUGMENT.flip,
                       help="random horizontal flips of training images (default: %(default)s)")

@@ -178,6 +178,11 @@ def test_class_weights_from_frequencies():
     assert np.dot(inverse, spec.class_frequencies) == pytest.approx(1.0)
     np.testing.assert_allclose(training.class_weights("median-frequency", spec),
                                [0.5, 1.0, 1.0, 0.0])
+    enet = training.class_weights("enet", spec)
+    raw = 1 / np.log(1.02 + np.array([0.5, 0.25, 0.25]))
+    np.testing.assert_allclose(enet, list(raw / np.dot(raw, [0.5, 0.25, 0.25])) + [0.0])
+    assert np.dot(enet, spec.class_frequencies) == pytest.approx(1.0)
+    assert enet[1] / enet[0] == pytest.approx(np.log(1.52) / np.log(1.27))  # milder than 2x
 
 
 def test_class_weighting_without_frequencies_is_a_user_error():

@@ -94,12 +94,29 @@ def _median_frequency(frequencies):
     return weights
 
 
-# A class absent from the training pixels gets weight 0 under both schemes:
+# ENet's constant (Paszke et al. 2016): with it the weights span about 1:13 on CamVid,
+# against 1:110 for median frequency, which made Building lose half its pixels to the
+# rare classes it touches (see the README's CamVid table).
+ENET_WEIGHTING_C = 1.02
+
+
+def _enet(frequencies):
+    """w_c = 1 / ln(c + f_c) (ENet's log-damped inverse frequency), scaled so that the
+    average training pixel weighs 1 as with inverse frequency."""
+    present = frequencies > 0
+    share = frequencies / frequencies.sum()
+    weights = np.zeros_like(frequencies)
+    weights[present] = 1.0 / np.log(ENET_WEIGHTING_C + share[present])
+    return weights / np.dot(weights, share)
+
+
+# A class absent from the training pixels gets weight 0 under every scheme:
 # it never appears in a training label, and 1/0 would poison the constant.
 CLASS_WEIGHTINGS = {
     "none": None,
     "inverse-frequency": _inverse_frequency,
     "median-frequency": _median_frequency,
+    "enet": _enet,
 }
 
 
