@@ -30,6 +30,7 @@ ENTRY_POINTS = {
     "utils.fetch_checkpoints": "utils/fetch_checkpoints.py",
     "utils.convert_torchvision": "utils/convert_torchvision.py",
     "utils.infer_bench": "utils/infer_bench.py",
+    "benchmarks.torch_compare": "benchmarks/torch_compare.py",
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("nets", "utils")
+PACKAGES = ("nets", "utils", "benchmarks")
 # Modules of the training, scoring and export paths, which never draw a figure or read a video.
 NON_DRAWING_MODULES = ("fcn_train", "utils.training_loop", "utils.prediction", "utils.export")
 DRAWING_LIBRARIES = ("cv2", "matplotlib")

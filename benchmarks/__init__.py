@@ -1,0 +1,1 @@
+"""Comparisons with other frameworks, run by hand (not part of training or testing)."""
