@@ -16,7 +16,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 import types
 
 from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
@@ -50,7 +49,7 @@ DEFAULT_MODELSPATH = MODELS_DIR
 DEFAULT_VAL_FRACTION = 0.25
 DEFAULT_AUGMENT = AugmentParams()    # the flip, scale and stretch of training batches
 # Flags a resumed run may change: where things are on this machine, not what is trained.
-RESUME_OVERRIDES = ("gpu", "datapath")
+RESUME_OVERRIDES = ("gpu", "datapath", "xla")
 # Flags added after runs were made, with the value that does what those runs did: a
 # resumed run without them in its runargs gets it.
 ADDED_WITH_OLD_BEHAVIOUR = {
@@ -58,7 +57,12 @@ ADDED_WITH_OLD_BEHAVIOUR = {
     "keep_snapshots": None,  # every snapshot kept
     "init_from": None,
     "afteriter": None,
+    "xla": False,
 }
+# XLA JIT of the towers (--xla): off by default, since on the CPU where it was measured it
+# lost (README, Benchmarks: mobilenet_v1 FCN16 128 px batch 16, 2 cores AVX2 only: 3.8x
+# slower per step; XLA's CPU convolutions are not oneDNN's). Untested on GPUs.
+DEFAULT_XLA = False
 
 positive_int = bounded(int, low=0, low_inclusive=False)
 non_negative_int = bounded(int, low=0)
@@ -298,6 +302,12 @@ def build_parser():
                      help="where new run folders are made (default: %(default)s)")
     run.add_argument("--seed", type=int, default=0,
                      help="seed of weights, data order and augmentation (default: %(default)s)")
+    run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                     help=f"compile each tower and its loss with XLA's JIT (the confusion "
+                          f"counts and optimizer updates stay TensorFlow ops); may differ by "
+                          f"machine, so --resume may change it (default: "
+                          f"{'on' if DEFAULT_XLA else 'off'}: it made the step 3.8x slower on "
+                          f"a 2-core AVX2 CPU)")
     add_gpu_flag(run)
     return parser
 
@@ -316,6 +326,7 @@ def run_settings(args):
     settings.learnrate = args.learnrate or (SCRATCH_LEARNRATE if args.scratch
                                             else FINETUNE_LEARNRATE)
     settings.batch_norm_decay = training.batch_norm_decay_for(args.basenet, args.batch_norm_decay)
+    settings.xla = DEFAULT_XLA if args.xla is None else args.xla
     return settings
 
 
@@ -378,6 +389,7 @@ def resume_point(run_dir):
 
 def train(args, run_folder):
     """The run; `run_folder` (a HeldRunFolder) gets the run folder as soon as there is one."""
+    clock = training_loop.PhaseClock()  # the runlog's closing line splits this run's time
     settings = run_settings(args)
     spec = load_dataset(settings.dataset, settings.datapath)
     # A --crop run trains at native scale and evaluates at native size: pixels 0, which
@@ -418,7 +430,6 @@ def train(args, run_folder):
             write_runargs(run_dir, {**saved_settings(settings, plan), **weights.as_runargs()})
         keeper = CheckpointKeeper(run_dir, graph.model_variables, settings.keep_snapshots,
                                   verified=resume_from and resume_from.prefix)
-        started = time.perf_counter()
         with training_loop.event_file_disk_errors(run_dir), RunLog(run_dir) as log:
             for prefix, reason in skipped_checkpoints:
                 print(log.event("skip_checkpoint", path=prefix, reason=reason))
@@ -427,14 +438,14 @@ def train(args, run_folder):
                 init = training_loop.initialise(sess, keeper, resume_from, weights)
                 tf.get_default_graph().finalize()  # an op made inside the loop would be a leak
                 loop = training_loop.TrainingLoop(sess, graph, feeder, spec, plan, keeper, log,
-                                                  events, keep_best=settings.keep_best)
+                                                  events, keep_best=settings.keep_best,
+                                                  clock=clock)
                 loop.log_start("resume" if settings.resume else "start", init, run_dir)
                 if init_from:  # which parts of the other run were taken
                     print(log.event("init_from", checkpoint=weights.checkpoint,
                                     step=weights.step, decoder=weights.decoder))
                 signal_name = loop.run()
-            training_loop.finish(run_dir, log, loop.step, plan.total_steps, signal_name,
-                                 time.perf_counter() - started)
+            training_loop.finish(run_dir, log, loop.step, plan.total_steps, signal_name, clock)
 
 
 if __name__ == "__main__":

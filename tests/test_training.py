@@ -761,9 +761,29 @@ def test_a_stop_signal_during_the_last_step_still_ends_the_run_as_done(tmp_path,
     with run_folder.RunLog(tmp_path) as log:
         if expected_event == "stop":
             with pytest.raises(SystemExit) as exit_info:
-                training_loop.finish(str(tmp_path), log, step, 10, "SIGTERM", secs=5)
+                training_loop.finish(str(tmp_path), log, step, 10, "SIGTERM",
+                                     training_loop.PhaseClock())
             assert exit_info.value.code == 128 + signal.SIGTERM
         else:
-            training_loop.finish(str(tmp_path), log, step, 10, "SIGTERM", secs=5)
+            training_loop.finish(str(tmp_path), log, step, 10, "SIGTERM",
+                                     training_loop.PhaseClock())
     (line,) = run_folder.parse_runlog(tmp_path / run_folder.RUNLOG_FILE)
     assert line["event"] == expected_event and line["step"] == step
+    assert {"secs", "step_secs", "outside_secs", "validation_secs", "saves_secs"} <= set(line)
+
+
+def test_the_phase_clock_splits_a_run_into_steps_and_the_rest(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(training_loop.time, "perf_counter", lambda: now[0])
+    clock = training_loop.PhaseClock()
+    now[0] += 4.0  # graph, session: `start`
+    for phase, secs in [("first_step", 3.0), ("steps", 10.0), ("steps", 10.0),
+                        ("validation", 2.0), ("saves", 1.5)]:
+        with clock.timing(phase):
+            now[0] += secs
+    now[0] += 0.5  # the closing line: `other`
+    split = clock.split()
+    assert split["secs"] == 31 and split["step_secs"] == 20.0 and split["outside_secs"] == 11.0
+    assert (split["start_secs"], split["first_step_secs"], split["validation_secs"],
+            split["saves_secs"], split["logging_secs"], split["other_secs"]) == \
+        (4.0, 3.0, 2.0, 1.5, 0.0, 0.5)

@@ -5,7 +5,7 @@
     init = initialise(sess, keeper, resume_from, start_weights(settings, arch, init_from))
     loop = TrainingLoop(sess, graph, feeder, spec, plan, keeper, log, events, keep_best=True)
     loop.log_start('start', init, run_dir); signal_name = loop.run()
-    finish(run_dir, log, loop.step, plan.total_steps, signal_name, secs)
+    finish(run_dir, log, loop.step, plan.total_steps, signal_name, clock)
     interrupted_line(signal_name, run_dir)     # what a signal outside the loop leaves
 
 `settings` is a run's resolved settings with attribute access (the keys of its
@@ -13,6 +13,7 @@ runargs: basenet, learnrate, optimizer, ...), passed in by fcn_train.py; nothing
 here parses or reads flags. utils/train_bench.py times this same graph and the
 same per-step fetches.
 """
+import collections
 import contextlib
 import dataclasses
 import math
@@ -142,22 +143,35 @@ class TrainGraph:
                     lr=self.lr)
 
 
+def xla_scope(enabled):
+    """With `enabled`, XLA compiles the ops made inside and (tf.gradients follows the
+    forward ops' scope) their gradients; otherwise nothing changes. Used around each
+    tower and its loss only: the confusion counts (a bincount, whose output size XLA
+    must know when compiling) and the optimizer's updates stay TensorFlow ops, which is
+    why a global JIT setting fails on this graph."""
+    return tf.xla.experimental.jit_scope() if enabled else contextlib.nullcontext()
+
+
 def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
     """Train tower, eval tower (shared variables), loss, lr schedule and train op.
 
     images float32 [B, H, W, 3] RGB 0..255, labels int32 [B, H, W] (IGNORE_LABEL
     where unknown), e.g. a Feeder's. The lr follows settings.lr_policy with
-    settings.warmup_steps over the plan's `total_steps` and `lr_drop_steps`.
+    settings.warmup_steps over the plan's `total_steps` and `lr_drop_steps`; each tower
+    with its loss is XLA-compiled when settings.xla.
     """
     runargs = vars(settings)
     train_arch = fcn_arch.arch_from_runargs(runargs, spec.num_classes, is_training=True)
     eval_arch = fcn_arch.arch_from_runargs(runargs, spec.num_classes, is_training=False)
-    with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
-        train_logits = train_arch.build_net(images)
-        eval_logits = eval_arch.build_net(images)
-
     weights = training.class_weights(settings.class_weighting, spec)
-    loss = training.segmentation_loss(train_logits, labels, IGNORE_LABEL, weights)
+    with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+        with xla_scope(settings.xla):
+            train_logits = train_arch.build_net(images)
+            loss = training.segmentation_loss(train_logits, labels, IGNORE_LABEL, weights)
+        with xla_scope(settings.xla):
+            eval_logits = eval_arch.build_net(images)
+            val_loss_sum, val_pixels = training.pixel_cross_entropy(eval_logits, labels,
+                                                                    IGNORE_LABEL, weights)
     global_step = tf.train.get_or_create_global_step()
     lr = training.learning_rate(settings.learnrate, global_step, settings.lr_policy, total_steps,
                                 lr_drop_steps, settings.warmup_steps)
@@ -168,8 +182,6 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
                                       *training.trainable_pretrained_and_new(train_arch),
                                       difflr=settings.difflr)
 
-    val_loss_sum, val_pixels = training.pixel_cross_entropy(eval_logits, labels, IGNORE_LABEL,
-                                                            weights)
     colorize = lambda classes: colorize_labels_tf(classes, spec.colors, IGNORE_LABEL)  # noqa: E731
     images_summary = tf.summary.merge([
         tf.summary.image("val/input", tf.cast(images, tf.uint8), IMAGE_SUMMARY_COUNT),
@@ -345,6 +357,48 @@ def diverged(what, step, run_dir, lastsaved_step):
                           f"saving; {saved}; try a lower --learnrate")
 
 
+# --- Where the time goes -------------------------------------------------------------------
+
+class PhaseClock:
+    """Wall seconds of one training process by phase, for the runlog's closing line.
+
+    `start` runs from the clock's start to the first step (data, graph, session,
+    initialisation); `steps` holds the training steps after the first; the first
+    one also optimises the graph, so it is a phase of its own; what is in no phase
+    is `other` (the loop's own bookkeeping, closing). `step_secs` times the
+    benchmark's step time is what the run would take with nothing outside its
+    steps: `outside_secs` is the rest.
+    """
+    PHASES = ("start", "first_step", "steps", "validation", "saves", "logging")
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.secs = collections.Counter()
+
+    @contextlib.contextmanager
+    def timing(self, phase):
+        started = time.perf_counter()
+        if not self.secs:  # the first timed phase ends the start-up
+            self.secs["start"] = started - self.started
+        try:
+            yield
+        finally:
+            self.secs[phase] += time.perf_counter() - started
+
+    def total_secs(self):
+        return time.perf_counter() - self.started
+
+    def split(self):
+        """The closing line's timing fields: total, in steps, outside them, and each phase."""
+        total = self.total_secs()
+        split = dict(secs=round(total), step_secs=round(self.secs["steps"], 1),
+                     outside_secs=round(total - self.secs["steps"], 1))
+        split.update({f"{phase}_secs": round(self.secs[phase], 1)
+                      for phase in self.PHASES if phase != "steps"})
+        split["other_secs"] = round(total - sum(self.secs.values()), 1)
+        return split
+
+
 # --- The loop ------------------------------------------------------------------------------
 
 BEST_EVENT = "best_checkpoint"  # runlog event of each fcn.ckpt_best save (step, val_miou)
@@ -369,9 +423,11 @@ class TrainingLoop:
     (across resumes) also replaces fcn.ckpt_best.
     """
 
-    def __init__(self, sess, graph, feeder, spec, plan, keeper, log, events, keep_best=False):
+    def __init__(self, sess, graph, feeder, spec, plan, keeper, log, events, keep_best=False,
+                 clock=None):
         self.sess, self.graph, self.feeder, self.spec, self.plan = sess, graph, feeder, spec, plan
         self.keeper, self.log, self.events = keeper, log, events
+        self.clock = clock or PhaseClock()
         self.step = int(sess.run(graph.global_step))
         self.lastsaved_step = self.step or None  # a resumed run starts from a saved step
         self.best_miou = best_miou_so_far(log.path) if keep_best else None
@@ -407,10 +463,13 @@ class TrainingLoop:
         with training.StopRequests() as stop, \
                 tqdm(total=plan.total_steps, initial=self.step, unit="step",
                      dynamic_ncols=True) as self.bar:
+            first_step = True
             while self.step < plan.total_steps and not stop.signal_name:
                 started = time.perf_counter()
-                with self.feeder.records_errors("train"):
+                with self.clock.timing("first_step" if first_step else "steps"), \
+                        self.feeder.records_errors("train"):
                     result = self.sess.run(fetches, train_feed)
+                first_step = False
                 self.step = int(result["step"])
                 if not math.isfinite(result["loss"]):
                     raise diverged(f"the loss became {result['loss']}", self.step,
@@ -420,12 +479,15 @@ class TrainingLoop:
                 self.bar.update()
                 last_step = self.step == plan.total_steps
                 if self.step % plan.log_every == 0 or last_step:
-                    self.log_training()
+                    with self.clock.timing("logging"):
+                        self.log_training()
                 if self.step % plan.val_every == 0 or last_step:
-                    self.validate()
+                    with self.clock.timing("validation"):
+                        self.validate()
                 snapshot = self.step % plan.snapshot_every == 0 or last_step
                 if snapshot or self.step % plan.save_every == 0 or stop.signal_name:
-                    self.save(snapshot)
+                    with self.clock.timing("saves"):
+                        self.save(snapshot)
         return stop.signal_name
 
     def log_training(self):
@@ -466,28 +528,34 @@ class TrainingLoop:
 
 # --- The end -------------------------------------------------------------------------------
 
-def summary_line(run_dir, step, secs):
+def summary_line(run_dir, step, split):
+    """The console's closing line, from the PhaseClock `split` and the run's runlog."""
+    secs = split["secs"]
+    timing = (f"{secs / 60:.1f} min ({split['step_secs'] / max(secs, 1e-9):.0%} in training "
+              f"steps)")
     val_lines = [line for line in parse_runlog(os.path.join(run_dir, RUNLOG_FILE))
                  if "val_miou" in line and "event" not in line and math.isfinite(line["val_miou"])]
     if not val_lines:
-        return f"finished {run_dir} at step {step} in {secs / 60:.1f} min"
+        return f"finished {run_dir} at step {step} in {timing}"
     best = max(val_lines, key=lambda line: line["val_miou"])
-    return (f"finished {run_dir} at step {step} in {secs / 60:.1f} min: val mIoU "
+    return (f"finished {run_dir} at step {step} in {timing}: val mIoU "
             f"{val_lines[-1]['val_miou']:.3f} (best {best['val_miou']:.3f} at step {best['step']})")
 
 
-def finish(run_dir, log, step, total_steps, signal_name, secs):
+def finish(run_dir, log, step, total_steps, signal_name, clock):
     """The closing runlog line and console line; a stop signal before the last step
-    also sets the exit status (one during the last step changes nothing: the run is done)."""
+    also sets the exit status (one during the last step changes nothing: the run is done).
+    The line splits the PhaseClock `clock`'s time into the steps and the rest."""
     if signal_name and step < total_steps:
-        log.event("stop", step=step, reason=signal_name)
+        log.event("stop", step=step, reason=signal_name, **clock.split())
         print(f"stopped by {signal_name} at step {step} and saved; continue with "
               f"--resume {run_dir}", file=sys.stderr)
         # The exit status of a process ended by that signal: a calling script sees the
         # training did not finish.
         raise SystemExit(128 + signal.Signals[signal_name])
-    log.event("done", step=step, secs=round(secs))
-    print(summary_line(run_dir, step, secs))
+    split = clock.split()
+    log.event("done", step=step, **split)
+    print(summary_line(run_dir, step, split))
 
 
 def interrupted_line(signal_name, run_dir):
