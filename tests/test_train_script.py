@@ -501,6 +501,48 @@ def test_the_training_graph_builds_for_every_net_with_its_defaults(net):
     assert not any("upsample" in name for name in trainable)  # bilinear, fixed by default
 
 
+def xla_marked_op_types(graph):
+    marked = set()
+    for op in graph.get_operations():
+        try:
+            if op.get_attr("_XlaCompile"):
+                marked.add(op.type)
+        except ValueError:  # no such attribute: not in a JIT scope
+            pass
+    return marked
+
+
+def two_step_losses(graph, train_graph):
+    with graph.as_default(), tf.Session(graph=graph) as sess:
+        sess.run(tf.global_variables_initializer())
+        return [sess.run(train_graph.step_fetches())["loss"] for _ in range(2)]
+
+
+@pytest.mark.slow  # XLA compiles the towers and their gradients
+def test_xla_compiles_the_towers_and_trains_as_without_it():
+    runs = {}
+    for xla_flag in ("--xla", "--no-xla"):
+        settings = fcn_train.run_settings(fcn_train.build_parser().parse_args(
+            ["--scratch", "--fcn16", xla_flag]))
+        with tf.Graph().as_default() as graph:
+            tf.set_random_seed(0)
+            images = tf.random.uniform([BATCH_SIZE, 32, 32, 3], 0, 255, seed=1)
+            labels = tf.random.uniform([BATCH_SIZE, 32, 32], 0, len(GRAPH_SPEC.class_names),
+                                       tf.int32, seed=2)
+            train_graph = training_loop.build_graph(settings, GRAPH_SPEC, images, labels, (), 10)
+        runs[xla_flag] = graph, train_graph
+    marked = xla_marked_op_types(runs["--xla"][0])
+    assert {"Conv2D", "Conv2DBackpropFilter", "SparseSoftmaxCrossEntropyWithLogits"} <= marked
+    assert "DenseBincount" not in marked and not any("Apply" in op for op in marked)
+    assert not xla_marked_op_types(runs["--no-xla"][0])
+    with_xla, without = (two_step_losses(*runs[flag]) for flag in ("--xla", "--no-xla"))
+    # XLA's kernels sum in another order: float32 rounding differs in the last bits.
+    assert with_xla[0] == pytest.approx(without[0], rel=1e-3)
+    # After one Adam step: its first update is about +-lr for any gradient, so the
+    # small differences of the gradients show a little more.
+    assert with_xla[1] == pytest.approx(without[1], rel=1e-2)
+
+
 def test_the_training_graph_builds_with_every_option():
     graph, train_graph = build_training_graph(
         "--basenet", "mobilenet_v1", "--fcn8", "--extended_arch", "fcn_refine", "--difflr",
