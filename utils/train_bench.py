@@ -10,9 +10,12 @@ fetched), on one constant batch held in memory, so no input pipeline takes
 part; it turns them into GFLOP/s using the net's multiply-accumulates
 (`fcn_arch.network_stats`): a training step counts as 3x the forward pass
 (forward, gradients of activations, gradients of weights).
-The peak is a large float32 matmul timed in the same process (on GPUs with
-TF32 enabled, TensorFlow's default, it is the TF32 peak that convolutions
-also use).
+The peak is the best rate of several large float32 kernels timed in the same
+process (matmuls of three sizes and two convolutions, PEAK_KERNELS), so that
+no network's rate exceeds it: a single 4096^2 matmul reached 61-65 GFLOP/s on
+an AVX2-only EPYC, less than ResNet-50's convolutions (137% "of peak"). On
+GPUs with TF32 enabled (TensorFlow's default) it is the TF32 peak that
+convolutions also use.
 
 With CamVid records under --datapath it also times --pipeline_net's training
 step on real batches from the feeder (augmented as fcn_train.py does) against
@@ -44,8 +47,7 @@ BENCH_DATASET = "camvid"          # its class count sizes the score layers; its 
 TRAIN_FLOPS_PER_FORWARD = 3
 FLOPS_PER_MAC = 2
 WARMUP_STEPS = 3                  # graph optimisation, autotuning, prefetch buffers
-MATMUL_SIZE = 4096                # big enough to reach the peak on CPUs and GPUs alike
-MIN_PEAK_SECS = 2.0               # time the matmul at least this long
+MIN_PEAK_SECS = 1.0               # time each peak kernel at least this long
 LEARNRATE = 1e-4                  # small: steps must not diverge during the timing
 positive_int = bounded(int, low=0, low_inclusive=False)
 
@@ -75,19 +77,61 @@ def timed_runs(sess, fetch, num_steps, feed=None):
     return (time.perf_counter() - start) / num_steps
 
 
-def matmul_peak_gflops(size=MATMUL_SIZE):
-    """float32 GFLOP/s of a size x size matmul (2 size^3 FLOPs), timed >= MIN_PEAK_SECS."""
+def _constant(shape):
+    return tf.Variable(tf.random.uniform(shape), trainable=False)
+
+
+def matmul_kernel(size):
+    """A size x size float32 matmul: fn() -> (op, FLOPs)."""
+    def build():
+        return tf.matmul(_constant([size, size]), _constant([size, size])), \
+            FLOPS_PER_MAC * size ** 3
+    return build
+
+
+def conv_kernel(batch, side, channels_in, channels_out, kernel_px):
+    """A float32 kernel_px^2 SAME convolution of a [batch, side, side, channels_in] input:
+    fn() -> (op, FLOPs)."""
+    def build():
+        images = _constant([batch, side, side, channels_in])
+        weights = _constant([kernel_px, kernel_px, channels_in, channels_out])
+        macs = batch * side * side * kernel_px * kernel_px * channels_in * channels_out
+        return tf.nn.conv2d(images, weights, 1, "SAME"), FLOPS_PER_MAC * macs
+    return build
+
+
+# Candidates for the peak: no single kernel is fastest everywhere (blocking, cache sizes,
+# the convolution library's own kernels), so the best of them is taken. The convolutions
+# are ResNet-50's widest 3x3 and a 1x1 of its third stage, at sizes its FCN16 meets.
+PEAK_KERNELS = {
+    "matmul 1024^2": matmul_kernel(1024),
+    "matmul 2048^2": matmul_kernel(2048),
+    "matmul 4096^2": matmul_kernel(4096),
+    "conv 3x3 256->256, 8x64x64": conv_kernel(8, 64, 256, 256, 3),
+    "conv 1x1 1024->256, 8x32x32": conv_kernel(8, 32, 1024, 256, 1),
+}
+
+
+def kernel_gflops(build):
+    """float32 GFLOP/s of the kernel `build` makes, timed >= MIN_PEAK_SECS."""
     with tf.Graph().as_default():
-        a = tf.Variable(tf.random.uniform([size, size]), trainable=False)
-        b = tf.Variable(tf.random.uniform([size, size]), trainable=False)
+        output, flops = build()
         # Reducing on the device keeps the result transfer out of the timing.
-        product = tf.reduce_sum(tf.matmul(a, b))
+        total = tf.reduce_sum(output)
         with tf.Session(config=session_config()) as sess:
             sess.run(tf.global_variables_initializer())
-            secs_per_run = timed_runs(sess, product, 1)
+            secs_per_run = timed_runs(sess, total, 1)
             runs = max(1, int(MIN_PEAK_SECS / secs_per_run))
-            secs_per_run = timed_runs(sess, product, runs)
-    return FLOPS_PER_MAC * size ** 3 / secs_per_run / 1e9
+            secs_per_run = timed_runs(sess, total, runs)
+    return flops / secs_per_run / 1e9
+
+
+def peak_gflops(kernels=None):
+    """(best GFLOP/s, its kernel's name, {name: GFLOP/s}) over the `kernels` registry
+    (default: PEAK_KERNELS)."""
+    rates = {name: kernel_gflops(build) for name, build in (kernels or PEAK_KERNELS).items()}
+    best = max(rates, key=rates.get)
+    return rates[best], best, rates
 
 
 def constant_batch(batch_size, pixels, num_classes, seed=0):
@@ -100,28 +144,29 @@ def constant_batch(batch_size, pixels, num_classes, seed=0):
     return images, labels
 
 
-def bench_settings(net):
-    """The settings of an fcn_train.py run of `net` with FCN16 and every other default."""
+def bench_settings(net, xla=False):
+    """The settings of an fcn_train.py run of `net` with FCN16 and every other default
+    (XLA JIT of the towers with `xla`)."""
     return types.SimpleNamespace(
         basenet=net, **fcn_arch.decoder_flags(DECODER), extended_arch="fcn",
         trainable_upsampling=False, weight_decay=None,
         batch_norm_decay=training.batch_norm_decay_for(net), class_weighting="none",
         optimizer=training.DEFAULT_OPTIMIZER, learnrate=LEARNRATE,
         momentum=training.DEFAULT_MOMENTUM, epsilon=training.DEFAULT_EPSILON, difflr=False,
-        lr_policy="step", warmup_steps=0)
+        lr_policy="step", warmup_steps=0, xla=xla)
 
 
-def training_graph(net, spec, images, labels):
+def training_graph(net, spec, images, labels, xla=False):
     """fcn_train.py's graph of `net` (train and eval towers), on `images` and `labels`."""
-    return training_loop.build_graph(bench_settings(net), spec, images, labels,
+    return training_loop.build_graph(bench_settings(net, xla), spec, images, labels,
                                      lr_drop_steps=(), total_steps=1)
 
 
-def bench_net(net, spec, pixels, batch_size, num_steps):
+def bench_net(net, spec, pixels, batch_size, num_steps, xla=False):
     """(train images/s, inference images/s) of one net on a constant batch."""
     with tf.Graph().as_default():
         images, labels = constant_batch(batch_size, pixels, spec.num_classes)
-        graph = training_graph(net, spec, images, labels)
+        graph = training_graph(net, spec, images, labels, xla)
         predictions = tf.argmax(graph.eval_logits, axis=-1, output_type=tf.int32)
         with tf.Session(config=session_config()) as sess:
             sess.run(tf.global_variables_initializer())
@@ -151,7 +196,8 @@ def bench_input_pipeline(net, spec, datapath, pixels, batch_size, num_steps):
 def build_parser():
     parser = CheckedArgumentParser(
         description=f"Training and inference images/s of every feature extractor with "
-                    f"{DECODER.upper()}, as GFLOP/s against a float32 matmul peak; with "
+                    f"{DECODER.upper()}, as GFLOP/s against a float32 peak (the best of large "
+                    f"matmuls and convolutions); with "
                     f"CamVid records, the input pipeline's cost too.")
     parser.add_argument("--nets", nargs="+", choices=list(fcn_arch.FEATURE_EXTRACTORS),
                         default=list(fcn_arch.FEATURE_EXTRACTORS),
@@ -169,6 +215,9 @@ def build_parser():
     parser.add_argument("--pipeline_net", choices=list(fcn_arch.FEATURE_EXTRACTORS),
                         default="mobilenet_v1",
                         help="net of the input-pipeline comparison (default: %(default)s)")
+    parser.add_argument("--xla", action="store_true",
+                        help="XLA-compile the towers, as fcn_train.py --xla does (default: off, "
+                             "fcn_train.py's default)")
     add_gpu_flag(parser)
     return parser
 
@@ -177,18 +226,20 @@ def main(args):
     select_gpu(args.gpu)
     spec = DATASETS[BENCH_DATASET]  # its classes size the score layers
     num_classes = spec.num_classes
-    peak = matmul_peak_gflops()
+    peak, peak_kernel, rates = peak_gflops()
     print(f"machine: {machine_description()}; TensorFlow {tf.version.VERSION}")
-    print(f"float32 matmul peak ({MATMUL_SIZE}^2): {peak:.0f} GFLOP/s")
+    print(f"float32 peak: {peak:.0f} GFLOP/s ({peak_kernel}; best of "
+          f"{', '.join(f'{name} {rate:.0f}' for name, rate in rates.items())})")
     print(f"{DECODER.upper()}, {args.pixels} px, batch {args.batch_size}, {num_classes} classes, "
-          f"{args.steps} timed steps")
+          f"{args.steps} timed steps{', XLA' if args.xla else ''}")
     header = (f"{'net':<14}{'GFLOP/img':>10}{'train img/s':>13}{'train GFLOP/s':>15}"
               f"{'% peak':>8}{'infer img/s':>13}{'infer GFLOP/s':>15}{'% peak':>8}")
     print(header)
     for net in args.nets:
         _, macs = fcn_arch.network_stats(net, DECODER, num_classes, args.pixels)
         forward_gflop = FLOPS_PER_MAC * macs / 1e9
-        train_rate, infer_rate = bench_net(net, spec, args.pixels, args.batch_size, args.steps)
+        train_rate, infer_rate = bench_net(net, spec, args.pixels, args.batch_size, args.steps,
+                                           args.xla)
         train_gflops = train_rate * TRAIN_FLOPS_PER_FORWARD * forward_gflop
         infer_gflops = infer_rate * forward_gflop
         print(f"{net:<14}{forward_gflop:>10.2f}{train_rate:>13.1f}{train_gflops:>15.0f}"
