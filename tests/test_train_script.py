@@ -174,7 +174,14 @@ def test_runlog_has_step_validation_and_closing_lines(two_runs):
     val_lines = [line for line in lines if "val_miou" in line]
     assert [line["step"] for line in val_lines] == [TWO_RUNS_EVERY, TWO_RUNS_STEPS]
     assert all(0 <= line["val_miou"] <= 1 and line["val_loss"] > 0 for line in val_lines)
-    assert lines[-1]["event"] == "done" and lines[-1]["step"] == TWO_RUNS_STEPS
+    done = lines[-1]
+    assert done["event"] == "done" and done["step"] == TWO_RUNS_STEPS
+    # The closing line splits the run's time: the steps, and each phase of the rest.
+    phases = ("start", "first_step", "validation", "saves", "logging", "other")
+    assert done["step_secs"] > 0 and all(done[f"{phase}_secs"] >= 0 for phase in phases)
+    assert done["step_secs"] + done["outside_secs"] == pytest.approx(done["secs"], abs=0.6)
+    assert sum(done[f"{phase}_secs"] for phase in phases) == pytest.approx(
+        done["outside_secs"], abs=0.5)
     # Each run ends its console output with one summary line naming its folder.
     finished = sorted(stdout.strip().splitlines()[-1].split()[1] for stdout in two_runs[1])
     assert finished == [str(path) for path in run_folders(two_runs[0])]
