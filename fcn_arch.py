@@ -23,7 +23,8 @@ import sys
 from typing import Callable, Mapping
 
 from nets import inception_v1, mobilenet_v1, mobilenet_v2, resnet_v1, vgg
-from utils.augmentation import IMAGENET_MEAN_RGB
+from nets.preprocessing import (NORMALIZE_TORCHVISION, SCALE_TO_UNIT_RANGE,
+                                SUBTRACT_IMAGENET_MEAN, Preprocessing)
 from utils.cli import CheckedArgumentParser
 from utils.errors import SegMentorError, run_main
 from utils.tfcompat import slim, tf
@@ -33,30 +34,6 @@ from utils.upsampling import upsample_bilinear
 # multiple of this so each stride-s map is exactly (H/s, W/s) and skips align.
 FEATURE_STRIDE = 32
 DECODER_SCOPE = "decoder"
-
-
-# --- Preprocessing: what each family was trained on (RGB 0..255 in) ----------
-
-def subtract_imagenet_mean(images):
-    """VGG / ResNet-v1 slim checkpoints: mean-subtracted RGB in 0..255."""
-    return images - tf.constant(IMAGENET_MEAN_RGB, dtype=images.dtype)
-
-
-# torchvision's ImageNet statistics (RGB, 0..255 scale): the resnet_v1_18
-# checkpoint is converted from PyTorch weights trained on inputs normalised so.
-TORCHVISION_MEAN_RGB = (123.675, 116.28, 103.53)
-TORCHVISION_STD_RGB = (58.395, 57.12, 57.375)
-
-
-def normalize_per_channel(images):
-    """resnet_v1_18 (converted from torchvision): per-channel mean / std."""
-    return ((images - tf.constant(TORCHVISION_MEAN_RGB, dtype=images.dtype))
-            / tf.constant(TORCHVISION_STD_RGB, dtype=images.dtype))
-
-
-def scale_to_unit_range(images):
-    """Inception / MobileNet slim checkpoints: RGB scaled to [-1, 1]."""
-    return images / 127.5 - 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +46,8 @@ class FeatureExtractor:
     checkpoint_scope: top variable scope, as in the official slim checkpoint.
     skip_end_points: end point a decoder may tap at stride 16, 8, 4 and 2 (the
         deepest map at that stride; the FCN family uses 16, 8, 4).
-    preprocess: float RGB 0..255 -> what the checkpoint was trained on.
+    preprocess: float RGB 0..255 -> what the checkpoint was trained on
+        (nets.preprocessing); its `zero_rgb` is the network's padding colour.
     checkpoint_file: file name of the official ImageNet checkpoint in --modelspath.
     has_batch_norm: False for nets without batch norm (a decay means nothing there).
     atrous: `build` takes `output_stride` (16 or 8): the strides after it become
@@ -81,7 +59,7 @@ class FeatureExtractor:
     arg_scope: Callable
     checkpoint_scope: str
     skip_end_points: Mapping[int, str]
-    preprocess: Callable
+    preprocess: Preprocessing
     checkpoint_file: str
     has_batch_norm: bool = True
     atrous: bool = False
@@ -92,7 +70,7 @@ FEATURE_EXTRACTORS = {
     "vgg_16": FeatureExtractor(
         build=vgg.vgg_16, arg_scope=vgg.arg_scope, checkpoint_scope="vgg_16",
         skip_end_points={16: "pool4", 8: "pool3", 4: "pool2", 2: "pool1"},
-        preprocess=subtract_imagenet_mean, checkpoint_file="vgg_16.ckpt",
+        preprocess=SUBTRACT_IMAGENET_MEAN, checkpoint_file="vgg_16.ckpt",
         has_batch_norm=False),
     "resnet_v1_18": FeatureExtractor(
         build=resnet_v1.resnet_v1_18, arg_scope=resnet_v1.arg_scope,
@@ -100,33 +78,33 @@ FEATURE_EXTRACTORS = {
         skip_end_points={16: "block3/unit_2/res_block_v1",
                          8: "block2/unit_2/res_block_v1",
                          4: "block1/unit_2/res_block_v1", 2: "conv1"},
-        preprocess=normalize_per_channel, checkpoint_file="resnet_v1_18.ckpt", atrous=True),
+        preprocess=NORMALIZE_TORCHVISION, checkpoint_file="resnet_v1_18.ckpt", atrous=True),
     "resnet_v1_50": FeatureExtractor(
         build=resnet_v1.resnet_v1_50, arg_scope=resnet_v1.arg_scope,
         checkpoint_scope="resnet_v1_50",
         skip_end_points={16: "block3/unit_5/bottleneck_v1",
                          8: "block2/unit_3/bottleneck_v1",
                          4: "block1/unit_2/bottleneck_v1", 2: "conv1"},
-        preprocess=subtract_imagenet_mean, checkpoint_file="resnet_v1_50.ckpt", atrous=True),
+        preprocess=SUBTRACT_IMAGENET_MEAN, checkpoint_file="resnet_v1_50.ckpt", atrous=True),
     "inception_v1": FeatureExtractor(
         build=inception_v1.inception_v1, arg_scope=inception_v1.arg_scope,
         checkpoint_scope="InceptionV1",
         skip_end_points={16: "Mixed_4f", 8: "Mixed_3c", 4: "Conv2d_2c_3x3",
                          2: "Conv2d_1a_7x7"},
-        preprocess=scale_to_unit_range, checkpoint_file="inception_v1.ckpt"),
+        preprocess=SCALE_TO_UNIT_RANGE, checkpoint_file="inception_v1.ckpt"),
     "mobilenet_v1": FeatureExtractor(
         build=mobilenet_v1.mobilenet_v1, arg_scope=mobilenet_v1.arg_scope,
         checkpoint_scope="MobilenetV1",
         skip_end_points={16: "Conv2d_11_pointwise", 8: "Conv2d_5_pointwise",
                          4: "Conv2d_3_pointwise", 2: "Conv2d_1_pointwise"},
-        preprocess=scale_to_unit_range, checkpoint_file="mobilenet_v1_1.0_224.ckpt",
+        preprocess=SCALE_TO_UNIT_RANGE, checkpoint_file="mobilenet_v1_1.0_224.ckpt",
         atrous=True, separable_decoder=True),
     "mobilenet_v2": FeatureExtractor(
         build=mobilenet_v2.mobilenet_v2, arg_scope=mobilenet_v2.arg_scope,
         checkpoint_scope="MobilenetV2",
         skip_end_points={16: "expanded_conv_12", 8: "expanded_conv_5",
                          4: "expanded_conv_2", 2: "expanded_conv"},
-        preprocess=scale_to_unit_range, checkpoint_file="mobilenet_v2_1.0_224.ckpt",
+        preprocess=SCALE_TO_UNIT_RANGE, checkpoint_file="mobilenet_v2_1.0_224.ckpt",
         atrous=True, separable_decoder=True),
 }
 
@@ -157,6 +135,12 @@ def get_feature_extractor(net):
         raise SegMentorError(
             f"unknown feature extractor '{net}'; choose one of: "
             f"{', '.join(FEATURE_EXTRACTORS)}") from None
+
+
+def pad_rgb(net):
+    """The RGB 0..255 colour to pad `net`'s inputs with: what its preprocessing turns
+    into exactly 0.0, so padding adds no signal (feeder, test-time sizing, exports)."""
+    return get_feature_extractor(net).preprocess.zero_rgb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,19 +193,18 @@ def _static_or_dynamic_dim(tensor, axis):
     return static if static is not None else tf.shape(tensor)[axis]
 
 
-def _pad_to_multiple(images, multiple):
+def _pad_to_multiple(images, multiple, pad_rgb):
     """Pad RGB [B, H, W, 3] at the bottom/right so H and W are multiples of `multiple`.
 
-    The padding is the ImageNet mean colour, as the feeder pads its batches:
-    the most neutral input for every checkpoint (zero after mean subtraction,
-    close to zero after the other preprocessings).
+    The padding is `pad_rgb`, the network's `pad_rgb(net)` as the feeder pads its
+    batches: exactly zero after preprocessing, the most neutral input there is.
     """
     height = _static_or_dynamic_dim(images, 1)
     width = _static_or_dynamic_dim(images, 2)
     pad_h = (-height) % multiple
     pad_w = (-width) % multiple
-    mean = tf.constant(IMAGENET_MEAN_RGB, dtype=images.dtype)
-    padded = tf.pad(images - mean, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]) + mean
+    colour = tf.constant(pad_rgb, dtype=images.dtype)
+    padded = tf.pad(images - colour, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]) + colour
     return padded, height, width
 
 
@@ -340,7 +323,8 @@ class BaseFcnArch:
         atrous = ({} if self.output_stride == FEATURE_STRIDE
                   else {"output_stride": self.output_stride})
         with tf.variable_scope(tf.get_variable_scope(), custom_getter=self._record_variable):
-            padded, height, width = _pad_to_multiple(images, FEATURE_STRIDE)
+            padded, height, width = _pad_to_multiple(images, FEATURE_STRIDE,
+                                                       extractor.preprocess.zero_rgb)
             with slim.arg_scope(extractor.arg_scope(is_training=self.is_training,
                                                     **self.arg_scope_overrides)):
                 features, end_points = extractor.build(extractor.preprocess(padded),

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from utils.cli import (CheckedArgumentParser, add_checkpoint_flags, add_gpu_flag, bounded,
                        check_checkpoint_flags, select_gpu)
-from utils.datasets import IGNORE_LABEL, SPLIT_FILES
+from utils.datasets import SPLIT_FILES
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError, first_line, run_main
 from utils.evaluation import Drawing, default_outdir, evaluate_split, print_metrics
 from utils.export import ExportedRun

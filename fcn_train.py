@@ -414,7 +414,7 @@ def train(args, run_folder):
                         seed=settings.seed, debug_overfit=settings.debug_overfit,
                         start_step=resume_from.step if resume_from else 0,
                         crop=tuple(settings.crop) if settings.crop else None,
-                        crop_pad=settings.crop_pad)
+                        crop_pad=settings.crop_pad, pad_rgb=fcn_arch.pad_rgb(settings.basenet))
         plan = (training_loop.resumed_plan(settings, feeder.num_train_images, settings.resume)
                 if settings.resume else training_loop.make_plan(settings, feeder.num_train_images))
         graph = training_loop.build_graph(settings, spec, feeder.images, feeder.labels,

@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from utils.augmentation import (CROP_TOO_LARGE_PHRASE, IMAGENET_MEAN_RGB, NO_AUGMENT,
+from utils.augmentation import (CROP_TOO_LARGE_PHRASE, NO_AUGMENT,
                                 AugmentParams, eval_sizing, photometric, train_crop,
                                 train_sizing)
-from utils.datasets import IGNORE_LABEL
+from utils.labels import IGNORE_LABEL
 from utils.tfcompat import tf
 
+PAD_RGB = (12.0, 34.0, 56.0)  # any colour: sizing pads with the one it is given
 HEIGHT, WIDTH = 48, 64
 CELL_PX = 8          # the label is a grid of CELL_PX x CELL_PX cells
 CODE_STEP = 4        # image red = CODE_STEP * x, green = CODE_STEP * y (fits in uint8)
@@ -57,7 +58,8 @@ def test_training_transforms_keep_image_and_label_aligned():
     with tf.Graph().as_default():
         image, label = _coordinate_pair()
         seed = tf.placeholder(tf.int64, [2])
-        outputs = train_sizing(tf.constant(image), tf.constant(label), pixels, STRONG, seed)
+        outputs = train_sizing(tf.constant(image), tf.constant(label), pixels, STRONG, seed,
+                               PAD_RGB)
         with tf.Session() as sess:
             results = [sess.run(outputs, {seed: [7, i]}) for i in range(24)]
     flipped = cropped = padded = 0
@@ -75,12 +77,13 @@ def test_training_transforms_keep_image_and_label_aligned():
     assert padded and cropped
 
 
-def test_padding_is_mean_in_the_image_and_ignore_in_the_label():
-    image, label = _run(lambda i, l: train_sizing(i, l, 80, NO_AUGMENT, tf.constant([0, 0], tf.int64)))
+def test_padding_is_the_given_colour_in_the_image_and_ignore_in_the_label():
+    image, label = _run(lambda i, l: train_sizing(i, l, 80, NO_AUGMENT, tf.constant([0, 0], tf.int64),
+                                                  PAD_RGB))
     valid = label != IGNORE_LABEL
     # 48x64 scaled to fit 80: 60x80, so 20 rows of padding.
     assert valid.sum() == 60 * 80
-    np.testing.assert_allclose(image[~valid], np.broadcast_to(IMAGENET_MEAN_RGB, image[~valid].shape),
+    np.testing.assert_allclose(image[~valid], np.broadcast_to(PAD_RGB, image[~valid].shape),
                                rtol=0, atol=1e-4)
 
 
@@ -89,7 +92,7 @@ def test_labels_are_never_interpolated():
     with tf.Graph().as_default():
         image, label = _coordinate_pair()
         outputs = train_sizing(tf.constant(image), tf.constant(label), 37, STRONG,
-                               tf.constant([3, 1], tf.int64))
+                               tf.constant([3, 1], tf.int64), PAD_RGB)
         with tf.Session() as sess:
             _, label = sess.run(outputs)
     assert set(np.unique(label)) <= set(np.unique(source_label)) | {IGNORE_LABEL}
@@ -97,7 +100,7 @@ def test_labels_are_never_interpolated():
 
 def test_same_seed_same_augmentation_other_seed_other():
     def sized(seed):
-        return lambda i, l: train_sizing(i, l, 40, STRONG, tf.constant(seed, tf.int64))
+        return lambda i, l: train_sizing(i, l, 40, STRONG, tf.constant(seed, tf.int64), PAD_RGB)
     first, again, other = _run(sized([1, 2])), _run(sized([1, 2])), _run(sized([1, 3]))
     np.testing.assert_array_equal(first[1], again[1])
     np.testing.assert_array_equal(first[0], again[0])
@@ -105,16 +108,16 @@ def test_same_seed_same_augmentation_other_seed_other():
 
 
 def test_eval_sizing_scales_larger_side_and_pads_bottom_right():
-    image, label, valid_height, valid_width = _run(lambda i, l: eval_sizing(i, l, 32))
+    image, label, valid_height, valid_width = _run(lambda i, l: eval_sizing(i, l, 32, PAD_RGB))
     assert (valid_height, valid_width) == (24, 32)
     assert image.shape == (32, 32, 3) and label.shape == (32, 32)
     assert (label[24:] == IGNORE_LABEL).all() and (label[:24] != IGNORE_LABEL).all()
-    np.testing.assert_allclose(image[24:], np.broadcast_to(IMAGENET_MEAN_RGB, image[24:].shape), atol=1e-4)
+    np.testing.assert_allclose(image[24:], np.broadcast_to(PAD_RGB, image[24:].shape), atol=1e-4)
     assert _misaligned_fraction(image[:24], label[:24]) == 0
 
 
 def test_eval_sizing_with_zero_pixels_keeps_native_size():
-    image, label, valid_height, valid_width = _run(lambda i, l: eval_sizing(i, l, 0))
+    image, label, valid_height, valid_width = _run(lambda i, l: eval_sizing(i, l, 0, PAD_RGB))
     source_image, source_label = _coordinate_pair()
     assert (valid_height, valid_width) == (HEIGHT, WIDTH)
     np.testing.assert_array_equal(image, source_image.astype(np.float32))
@@ -132,7 +135,7 @@ def test_bad_ranges_are_rejected():
 
 def _crop(crop_size, params=NO_AUGMENT, seed=(0, 0), pad=True):
     return _run(lambda i, l: train_crop(i, l, crop_size, params, tf.constant(seed, tf.int64),
-                                        pad=pad))
+                                        PAD_RGB, pad=pad))
 
 
 def test_a_crop_smaller_than_the_image_is_a_window_of_it_without_padding():
@@ -151,14 +154,15 @@ def test_a_crop_larger_than_the_image_pads_only_the_missing_part():
     padded_rows = (label == IGNORE_LABEL).all(axis=1)
     assert padded_rows.sum() == 56 - HEIGHT and (label[~padded_rows] != IGNORE_LABEL).all()
     np.testing.assert_allclose(image[padded_rows], np.broadcast_to(
-        IMAGENET_MEAN_RGB, image[padded_rows].shape), atol=1e-4)
+        PAD_RGB, image[padded_rows].shape), atol=1e-4)
 
 
 def test_crops_of_scale_augmented_images_stay_aligned():
     with tf.Graph().as_default():
         image, label = _coordinate_pair()
         seed = tf.placeholder(tf.int64, [2])
-        outputs = train_crop(tf.constant(image), tf.constant(label), (24, 36), STRONG, seed)
+        outputs = train_crop(tf.constant(image), tf.constant(label), (24, 36), STRONG, seed,
+                             PAD_RGB)
         with tf.Session() as sess:
             for i in range(8):
                 image_out, label_out = sess.run(outputs, {seed: [5, i]})

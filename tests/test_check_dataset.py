@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from utils import check_dataset
-from utils.datasets import IGNORE_LABEL, how_to_make, load_dataset, write_dataset_meta
+from utils.datasets import how_to_make, load_dataset, write_dataset_meta
+from utils.labels import IGNORE_LABEL
 from utils.errors import run_main
 from utils.tf_records import RecordWriter, encode_label_png
 from encoded_images import encode_image

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import fcn_arch
+from nets import preprocessing
 from reference_lists import feature_extractor_variables
 from utils import convert_torchvision
 from utils.errors import EXIT_USER_ERROR, run_main
@@ -197,8 +198,8 @@ def test_converted_network_computes_torchvision_features(state_dict, tmp_path):
         pytest.skip(f"no PyTorch and torchvision for {TORCH_PYTHON} (set {TORCH_PYTHON_ENV})")
     image = np.random.default_rng(1).uniform(0, 255, (1, 224, 288, 3)).astype(np.float32)
     np.savez(tmp_path / "in.npz", image__=image,
-             mean__=np.array(fcn_arch.TORCHVISION_MEAN_RGB, np.float32),
-             std__=np.array(fcn_arch.TORCHVISION_STD_RGB, np.float32), **state_dict)
+             mean__=np.array(preprocessing.TORCHVISION_MEAN_RGB, np.float32),
+             std__=np.array(preprocessing.TORCHVISION_STD_RGB, np.float32), **state_dict)
     subprocess.run([TORCH_PYTHON, str(Path(__file__).with_name("torchvision_reference.py")),
                     str(tmp_path / "in.npz"), str(tmp_path / "out.npy")], check=True)
     expected = np.load(tmp_path / "out.npy")

@@ -15,7 +15,8 @@ from PIL import Image
 from utils import camvid_to_records, coco_stuff_to_records, folder_to_records, tf_records
 from utils import pascal_voc_augmented_to_records as pascal
 from utils.converters import BadPairError
-from utils.datasets import DATASETS, IGNORE_LABEL, load_dataset, read_dataset_meta
+from utils.datasets import DATASETS, load_dataset, read_dataset_meta
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError
 from utils.tf_records import parse_example, read_records
 from utils.tfcompat import tf

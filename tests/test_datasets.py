@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from utils import datasets, shapes
-from utils.datasets import (DATASETS, IGNORE_LABEL, load_dataset, num_records, read_dataset_meta,
+from utils.datasets import (DATASETS, load_dataset, num_records, read_dataset_meta,
                             record_path, write_dataset_meta)
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError
 from utils.tf_records import RecordWriter, encode_label_png
 

@@ -18,16 +18,18 @@ from PIL import Image
 
 import fcn_export
 import fcn_test
+import fcn_arch
 from fcn_arch import ARCHS, FCN_FAMILY, FEATURE_EXTRACTORS, arch_from_runargs
 from utils import shapes
 from utils.checkpoints import GLOBAL_STEP_NAME, LATEST_NAME
-from utils.datasets import IGNORE_LABEL, read_dataset_meta, write_dataset_meta
+from utils.datasets import read_dataset_meta, write_dataset_meta
+from utils.labels import IGNORE_LABEL
 from utils.errors import EXIT_USER_ERROR, SegMentorError, run_main
 from utils.export import METADATA_FILE, SAVEDMODEL_METADATA_DIR, TFLITE_FILE, load_exported
 from utils.run_folder import write_runargs
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
-from utils.tta import pad_with_mean
+from utils.tta import pad_bottom_right
 from encoded_images import encode_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -140,12 +142,13 @@ def test_tflite_exports_check_and_segment_at_source_size(run_dir, tmp_path, quan
         assert probabilities.shape == (21, 57, len(shapes.CLASS_NAMES))
         np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=0.02)
         assert model.segment(image).shape == (21, 57)
-        # The predictor seam: each image padded to P x P with the mean colour, cropped back.
+        # The predictor seam: each image padded to P x P with the net's colour, cropped back.
+        assert model.pad_rgb == fcn_arch.pad_rgb(metadata["basenet"])
         batch = np.stack([image[:20, :40], image[1:, 17:]]).astype(np.float32)
         got = model.predict_probabilities(batch)
         assert got.shape == (2, 20, 40, len(shapes.CLASS_NAMES))
         np.testing.assert_array_equal(
-            got[1], model.network(pad_with_mean(batch[1], 48, 48)[np.newaxis])[0, :20, :40])
+            got[1], model.network(pad_bottom_right(batch[1], 48, 48, model.pad_rgb)[np.newaxis])[0, :20, :40])
     if quantize == "none":
         _fcn_test_scores_a_tflite_export_like_its_run(run_dir, out / TFLITE_FILE, tmp_path)
 

@@ -4,15 +4,21 @@ import os
 import numpy as np
 import pytest
 
-from utils.augmentation import IMAGENET_MEAN_RGB, NO_AUGMENT
-from utils.datasets import IGNORE_LABEL, load_dataset, record_path, write_dataset_meta
+import fcn_arch
+from everyday import everyday_or_slow
+from utils import augmentation
+from utils.augmentation import NO_AUGMENT
+from utils.datasets import load_dataset, record_path, write_dataset_meta
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError
 from utils.feeder import Feeder, make_split_dataset
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
+from utils.tta import InferencePlan
 from encoded_images import encode_image
 
 NUM_CLASSES = 8
+PAD_RGB = (12.0, 34.0, 56.0)  # any colour: the feeder pads with the one it is given
 SIZES = {"train": [(20, 30)] * 6, "val": [(20, 30), (24, 18), (20, 30), (24, 18), (20, 30)]}
 
 
@@ -47,7 +53,7 @@ def _val_pass(sess, feeder):
 def test_handle_switches_between_train_and_val_batches(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16, val_fraction=0.5, seed=3)
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB, val_fraction=0.5, seed=3)
         assert (feeder.num_train_images, feeder.num_val_images, feeder.val_batches_per_pass) == (6, 3, 2)
         with tf.Session() as sess:
             train = {feeder.handle: feeder.train_handle(sess)}
@@ -62,7 +68,7 @@ def test_handle_switches_between_train_and_val_batches(tmp_path):
 def test_val_subset_spans_the_file_and_repeats_exactly(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=4, pixels=16, val_fraction=0.5)
+        feeder = Feeder(spec, str(tmp_path), batch_size=4, pixels=16, pad_rgb=PAD_RGB, val_fraction=0.5)
         with tf.Session() as sess:
             first = _val_labels(sess, feeder)
             # Every second record, from the whole file rather than its first half.
@@ -78,7 +84,7 @@ def _val_labels(sess, feeder):
 def test_debug_overfit_trains_on_the_first_images_only(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=4, pixels=16, augment=NO_AUGMENT, debug_overfit=2)
+        feeder = Feeder(spec, str(tmp_path), batch_size=4, pixels=16, pad_rgb=PAD_RGB, augment=NO_AUGMENT, debug_overfit=2)
         assert feeder.num_train_images == 2
         with tf.Session() as sess:
             train = {feeder.handle: feeder.train_handle(sess)}
@@ -91,7 +97,7 @@ def test_debug_overfit_trains_on_the_first_images_only(tmp_path):
 def _train_batches(spec, datapath, num_batches, seed=0, start_step=0, batch_size=4):
     """(images, labels) of the first `num_batches` training batches."""
     with tf.Graph().as_default():
-        feeder = Feeder(spec, datapath, batch_size=batch_size, pixels=16, seed=seed,
+        feeder = Feeder(spec, datapath, batch_size=batch_size, pixels=16, pad_rgb=PAD_RGB, seed=seed,
                         start_step=start_step)
         with tf.Session() as sess:
             train = {feeder.handle: feeder.train_handle(sess)}
@@ -136,7 +142,7 @@ def test_a_damaged_train_record_names_only_the_training_file_and_the_converter(t
     data[_record_ends(path)[1] + 40] ^= 0xFF  # inside record 3's payload: the headers still walk
     open(path, "wb").write(bytes(data))
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB)
         with tf.Session() as sess, pytest.raises(SegMentorError) as error:
             with feeder.records_errors("train"):
                 for _ in range(4):
@@ -157,7 +163,7 @@ def test_a_split_cut_at_a_record_boundary_is_refused_with_both_counts(tmp_path, 
     data, ends = open(path, "rb").read(), _record_ends(path)
     open(path, "wb").write(data[:ends[cut_after_records - 1]])
     with tf.Graph().as_default(), pytest.raises(SegMentorError) as error:
-        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB)
     assert str(error.value).startswith(f"{path} holds {cut_after_records} records but "
                                        f"dataset.json says {len(SIZES[split])}")
     assert "folder_to_records.py" in str(error.value)
@@ -172,13 +178,13 @@ def test_a_split_cut_inside_a_record_is_refused_before_training(tmp_path):
                                                 match=rf"corrupt records in {path}: it ends inside "
                                                       rf"record \d+ \(cut short\); rebuild it with: "
                                                       rf"python utils/folder_to_records.py"):
-        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB)
 
 
 def test_label_outside_the_classes_is_one_clear_error(tmp_path):
     spec = _make_dataset(tmp_path, label_offset=NUM_CLASSES - 2)  # image 2 on: no such class
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=6, pixels=16)
+        feeder = Feeder(spec, str(tmp_path), batch_size=6, pixels=16, pad_rgb=PAD_RGB)
         with tf.Session() as sess, pytest.raises(
                 SegMentorError, match=r"training.tfrecords.* hold label value (8|9|10|11), which is not a "
                                       r"class of the dataset \(0..7, 255 = ignore\)"):
@@ -189,20 +195,20 @@ def test_label_outside_the_classes_is_one_clear_error(tmp_path):
 def test_a_dataset_without_val_split_says_how_to_get_one(tmp_path):
     spec = _make_dataset(tmp_path, splits_written=("train",))
     with tf.Graph().as_default(), pytest.raises(SegMentorError, match="no validation split.*--val_ratio"):
-        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB)
 
 
 def test_missing_val_records_name_the_file(tmp_path):
     spec = _make_dataset(tmp_path)
     os.remove(record_path(spec, str(tmp_path), "val"))
     with tf.Graph().as_default(), pytest.raises(SegMentorError, match="validation.tfrecords not found"):
-        Feeder(spec, str(tmp_path), batch_size=2, pixels=16)
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB)
 
 
 def test_training_needs_a_fixed_size(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default(), pytest.raises(SegMentorError, match="--pixels"):
-        Feeder(spec, str(tmp_path), batch_size=2, pixels=0)
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=0, pad_rgb=PAD_RGB)
 
 
 def test_split_dataset_gives_each_image_at_its_source_size(tmp_path):
@@ -222,7 +228,7 @@ def test_split_dataset_gives_each_image_at_its_source_size(tmp_path):
 def test_crop_batches_are_windows_and_validation_covers_every_val_image_at_native_size(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=0, crop=(16, 24),
+        feeder = Feeder(spec, str(tmp_path), batch_size=2, pixels=0, pad_rgb=PAD_RGB, crop=(16, 24),
                         val_fraction=1, augment=NO_AUGMENT)
         assert (feeder.num_val_images, feeder.val_batches_per_pass) == (5, 3)
         with tf.Session() as sess:
@@ -235,12 +241,12 @@ def test_crop_batches_are_windows_and_validation_covers_every_val_image_at_nativ
             for _ in range(feeder.val_batches_per_pass):
                 images, labels = sess.run([feeder.images, feeder.labels], val_feed)
                 seen += [int(np.median(label[label != IGNORE_LABEL])) for label in labels]
-                # A batch of 20x30 and 24x18 images: padded to 24x30, the image with the mean.
+                # A batch of 20x30 and 24x18 images: padded to 24x30, the image with PAD_RGB.
                 assert images.shape[1:3] == labels.shape[1:3] == (
                     (24, 30) if len(labels) == 2 else (20, 30))
                 padding = labels == IGNORE_LABEL
                 np.testing.assert_allclose(images[padding], np.broadcast_to(
-                    IMAGENET_MEAN_RGB, images[padding].shape), atol=1e-4)
+                    PAD_RGB, images[padding].shape), atol=1e-4)
     assert seen == [0, 1, 2, 3, 4]  # every val record, once, in file order
 
 
@@ -251,7 +257,7 @@ CROP_TOO_LARGE_END = ("--no-crop_pad forbids padding: give a --crop that fits th
 def test_a_crop_larger_than_the_first_image_without_padding_fails_before_any_graph(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default(), pytest.raises(SegMentorError) as error:
-        Feeder(spec, str(tmp_path), batch_size=2, pixels=0, crop=(24, 24), crop_pad=False)
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=0, pad_rgb=PAD_RGB, crop=(24, 24), crop_pad=False)
     assert str(error.value) == (f"--crop 24 24 is larger than a 20x30 training image of "
                                 f"{record_path(spec, str(tmp_path), 'train')}, and "
                                 + CROP_TOO_LARGE_END)
@@ -261,7 +267,7 @@ def test_a_crop_larger_than_a_later_image_without_padding_is_one_line(tmp_path, 
     monkeypatch.setitem(SIZES, "train", [(30, 30)] * 2 + [(20, 30)] * 4)
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default():
-        feeder = Feeder(spec, str(tmp_path), batch_size=6, pixels=0, crop=(24, 24),
+        feeder = Feeder(spec, str(tmp_path), batch_size=6, pixels=0, pad_rgb=PAD_RGB, crop=(24, 24),
                         crop_pad=False)
         with tf.Session() as sess, pytest.raises(SegMentorError) as error:
             with feeder.records_errors("train"):
@@ -274,4 +280,56 @@ def test_a_crop_larger_than_a_later_image_without_padding_is_one_line(tmp_path, 
 def test_crop_runs_validate_at_native_size_only(tmp_path):
     spec = _make_dataset(tmp_path)
     with tf.Graph().as_default(), pytest.raises(SegMentorError, match="--pixels must be 0"):
-        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, crop=(16, 16))
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB, crop=(16, 16))
+
+
+# --- padding is exactly zero after the network's preprocessing --------------------------------
+
+def _preprocessed_padding(sess, preprocess, images, padding):
+    """The values `padding` (bool [..., H, W]) covers in preprocess(images), as numpy."""
+    inputs = sess.run(preprocess(tf.constant(images, tf.float32)))
+    return inputs[padding]
+
+
+@pytest.mark.parametrize("net", everyday_or_slow(fcn_arch.FEATURE_EXTRACTORS))
+def test_padding_is_exactly_zero_after_each_networks_preprocessing(tmp_path, net):
+    """Every padder follows the net: the feeder (--crop windows and native-size val
+    batches; --pixels squares through the same sizing ops), test-time sizing, and
+    fcn_arch's pad to a multiple of 32."""
+    spec = _make_dataset(tmp_path)
+    preprocess = fcn_arch.FEATURE_EXTRACTORS[net].preprocess
+    colour = fcn_arch.pad_rgb(net)
+    padded_values = []
+    with tf.Graph().as_default(), tf.Session() as sess:
+        feeder = Feeder(spec, str(tmp_path), batch_size=3, pixels=0, crop=(26, 34),
+                        pad_rgb=colour, val_fraction=1)
+        for handle in (feeder.train_handle, feeder.val_handle):
+            images, labels = sess.run([feeder.images, feeder.labels],
+                                      {feeder.handle: handle(sess)})
+            padding = labels == IGNORE_LABEL  # the records' labels are classes 0..5 only
+            assert padding.any()
+            padded_values.append(_preprocessed_padding(sess, preprocess, images, padding))
+        image = tf.constant(np.full((20, 30, 3), 200, np.uint8))
+        label = tf.zeros((20, 30, 1), tf.uint8)
+        for sized in (augmentation.train_sizing(image, label, 40, NO_AUGMENT,
+                                                tf.constant([0, 0], tf.int64), colour),
+                      augmentation.eval_sizing(image, label, 40, colour)[:2]):
+            images, labels = sess.run(sized)
+            padded_values.append(_preprocessed_padding(sess, preprocess, images,
+                                                       labels == IGNORE_LABEL))
+
+        sized, (valid_h, valid_w) = InferencePlan(pixels=40, pad_rgb=colour).network_input(
+            np.full((20, 30, 3), 200, np.uint8))
+        padding = np.ones(sized.shape[:2], bool)
+        padding[:valid_h, :valid_w] = False
+        padded_values.append(_preprocessed_padding(sess, preprocess, sized, padding))
+
+        padded, _, _ = fcn_arch._pad_to_multiple(tf.constant(sized[np.newaxis, :30, :33]), 32,
+                                                 colour)
+        padded = sess.run(padded)
+        padding = np.ones(padded.shape[:3], bool)
+        padding[:, :valid_h, :valid_w] = False
+        padding[:, 30:] = padding[:, :, 33:] = True
+        padded_values.append(_preprocessed_padding(sess, preprocess, padded, padding))
+    for values in padded_values:
+        assert values.size and (values == 0.0).all(), np.abs(values).max()

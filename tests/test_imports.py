@@ -1,5 +1,6 @@
-"""How the modules import each other: no cycle, every module imports alone, and training
-and scoring do not load the drawing libraries (OpenCV, matplotlib).
+"""How the modules import each other: no cycle, every module imports alone, training
+and scoring do not load the drawing libraries (OpenCV, matplotlib), and the networks
+(fcn_arch, nets/) know nothing of the data side.
 """
 import ast
 import json
@@ -14,6 +15,14 @@ PACKAGES = ("nets", "utils", "benchmarks")
 # Modules of the training, scoring and export paths, which never draw a figure or read a video.
 NON_DRAWING_MODULES = ("fcn_train", "utils.training_loop", "utils.prediction", "utils.export")
 DRAWING_LIBRARIES = ("cv2", "matplotlib")
+# The networks: what they need (preprocessing, ImageNet statistics) lives in nets/.
+NETWORK_MODULES = ("fcn_arch", "nets")
+# The data side: datasets, records, converters, the feeder and its augmentation, and the
+# label constants they share with training and evaluation.
+DATA_SIDE = ("utils.datasets", "utils.tf_records", "utils.feeder", "utils.augmentation",
+             "utils.shapes", "utils.converters", "utils.labels", "utils.check_dataset",
+             "utils.camvid_to_records", "utils.pascal_voc_augmented_to_records",
+             "utils.coco_stuff_to_records", "utils.folder_to_records", "utils.data_bench")
 
 
 def project_modules():
@@ -84,6 +93,28 @@ def test_no_module_imports_itself_back():
     graph = {name: imported_modules(path, modules) - {name} for name, path in modules.items()}
     assert "utils.datasets" in graph and "utils.shapes" in graph["utils.datasets"]
     assert import_cycles(graph) == []
+
+
+def reachable_imports(graph, start):
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for successor in graph[todo.pop()]:
+            if successor not in seen:
+                seen.add(successor)
+                todo.append(successor)
+    return seen
+
+
+def test_the_networks_import_nothing_from_the_data_side():
+    modules = project_modules()
+    assert set(DATA_SIDE) <= set(modules)
+    graph = {name: imported_modules(path, modules) - {name} for name, path in modules.items()}
+    networks = [name for name in modules
+                if name in NETWORK_MODULES or name.startswith(tuple(m + "." for m in NETWORK_MODULES))]
+    assert "nets.preprocessing" in networks
+    found = {name: sorted(reachable_imports(graph, name) & set(DATA_SIDE)) for name in networks}
+    assert {name: data for name, data in found.items() if data} == {}
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ from PIL import Image
 
 import fcn_test
 from utils import compare_runs, evaluation, shapes
-from utils.datasets import IGNORE_LABEL, write_dataset_meta
+from utils.datasets import write_dataset_meta
+from utils.labels import IGNORE_LABEL
 from utils.errors import EXIT_USER_ERROR, run_main
 from utils.prediction import SplitPredictor, TrainedRun
 from utils.tf_records import RecordWriter, encode_label_png

@@ -15,7 +15,8 @@ import pytest
 from types import SimpleNamespace
 
 from utils import checkpoints, files, inference, run_folder, training, training_loop
-from utils.datasets import IGNORE_LABEL, DatasetSpec
+from utils.datasets import DatasetSpec
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError
 from utils.tfcompat import tf
 

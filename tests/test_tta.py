@@ -3,11 +3,12 @@ hand-made "networks" whose answers are known (numpy functions of the input)."""
 import numpy as np
 import pytest
 
-from utils.augmentation import IMAGENET_MEAN_RGB, eval_sizing
+from utils.augmentation import eval_sizing
 from utils.tfcompat import tf, tf2
 from utils.tta import (InferencePlan, resize_bilinear, tent_weights, tiled_probabilities,
                        window_starts)
 
+PAD_RGB = (12.0, 34.0, 56.0)  # any colour: a plan pads with the one it is given
 PALETTE = np.array([[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20]], np.float32)
 
 
@@ -47,7 +48,7 @@ def _blocks(height, width, seed=0):
 def test_probabilities_come_back_at_the_source_size_on_the_right_pixels(pixels, scales,
                                                                         min_agreement):
     image, label = _blocks(45, 61)
-    plan = InferencePlan(pixels=pixels, scales=scales)
+    plan = InferencePlan(pixels=pixels, scales=scales, pad_rgb=PAD_RGB)
     (probabilities,) = plan.probabilities(colour_oracle, [image])
     assert probabilities.shape == (45, 61, len(PALETTE))
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
@@ -59,18 +60,19 @@ def test_network_input_is_the_training_eval_sizing(pixels):
     image, label = _blocks(24, 40)
     with tf.Graph().as_default(), tf.Session() as sess:
         expected, _, valid_h, valid_w = sess.run(eval_sizing(tf.constant(image),
-                                                             tf.constant(label[..., None]), pixels))
-    sized, valid = InferencePlan(pixels=pixels).network_input(image, 1.0, mirrored=False)
+                                                             tf.constant(label[..., None]), pixels,
+                                                             PAD_RGB))
+    sized, valid = InferencePlan(pixels=pixels, pad_rgb=PAD_RGB).network_input(image, 1.0, mirrored=False)
     assert valid == (valid_h, valid_w) and sized.shape == expected.shape
     np.testing.assert_allclose(sized, expected, atol=1e-3)
 
 
-def test_fixed_size_inputs_are_padded_with_the_mean_and_mirrored_before_padding():
+def test_fixed_size_inputs_are_padded_with_the_given_colour_and_mirrored_before_padding():
     image = np.zeros((10, 20, 3), np.uint8)
     image[:, :5] = 255  # a bright left edge
-    sized, valid = InferencePlan(pixels=40).network_input(image, 1.0, mirrored=True)
+    sized, valid = InferencePlan(pixels=40, pad_rgb=PAD_RGB).network_input(image, 1.0, mirrored=True)
     assert sized.shape == (40, 40, 3) and valid == (20, 40)
-    np.testing.assert_allclose(sized[20:], np.broadcast_to(IMAGENET_MEAN_RGB, (20, 40, 3)))
+    np.testing.assert_allclose(sized[20:], np.broadcast_to(PAD_RGB, (20, 40, 3)))
     assert sized[:20, -9:].min() > 250 and sized[:20, :29].max() < 5  # bright edge now right
 
 
@@ -149,7 +151,7 @@ def test_settings_and_names():
     plain = InferencePlan(pixels=0)
     assert plain.is_plain and plain.tag() == ""
     tta = InferencePlan(pixels=512, scales=(0.75, 1.0, 1.25), flip=True, tile=(256, 384),
-                        overlap=0.25)
+                        overlap=0.25, pad_rgb=PAD_RGB)
     assert tta.tag() == "s0.75-1-1.25_flip_tile256x384o0.25"
     assert tta.settings() == dict(pixels=512, scales=[0.75, 1.0, 1.25], flip=True,
                                   tile=[256, 384], overlap=0.25)
@@ -158,3 +160,5 @@ def test_settings_and_names():
         InferencePlan(scales=(1.0, 0.0))
     with pytest.raises(ValueError, match="resolved"):
         InferencePlan(pixels=-1)
+    with pytest.raises(ValueError, match="pad_rgb"):
+        InferencePlan(pixels=32)

@@ -8,7 +8,9 @@ Seg-mentor sizing: scale so the larger side equals `pixels`, then pad to
 before it (folded into the same single resize), crops at random what grew
 beyond `pixels`, and places the image at a random spot of the padded square.
 Evaluation uses the same sizing with no randomness and pads bottom/right, so
-`[:valid_height, :valid_width]` of a prediction is the image.
+`[:valid_height, :valid_width]` of a prediction is the image. Images are padded
+with `pad_rgb`, the colour the network's preprocessing turns into zero
+(`fcn_arch.pad_rgb(net)`); labels with IGNORE_LABEL.
 
 Crops at the image's own scale (`train_crop`, fcn_train's --crop H W): the
 flip, rescale and stretch apply to the native size, then a random H x W
@@ -16,10 +18,11 @@ window is cut; only where the augmented image is smaller than the window is
 it padded (or, with pad=False, the rescale is raised until the image covers
 the window). Such runs evaluate at native size (pixels=0).
 
-    image, label = train_sizing(image, label, 512, AugmentParams(), seed)
-    image, label = train_crop(image, label, (288, 384), AugmentParams(), seed)
-    image, label, valid_height, valid_width = eval_sizing(image, label, 512)
-    image, valid_height, valid_width = eval_image_sizing(image, 512)   # a photo, no label
+    colour = fcn_arch.pad_rgb('mobilenet_v1')       # (127.5, 127.5, 127.5)
+    image, label = train_sizing(image, label, 512, AugmentParams(), seed, colour)
+    image, label = train_crop(image, label, (288, 384), AugmentParams(), seed, colour)
+    image, label, valid_height, valid_width = eval_sizing(image, label, 512, colour)
+    image, valid_height, valid_width = eval_image_sizing(image, 512, colour)   # a photo, no label
 
 Inputs: image uint8 [h, w, 3], label uint8 [h, w, 1] (as `parse_example`
 gives them). Outputs: image float32 RGB 0..255, label int32 [H, W].
@@ -28,16 +31,9 @@ reproducible whatever order the parallel map runs in.
 """
 import dataclasses
 
-from utils.datasets import IGNORE_LABEL
+from utils.labels import IGNORE_LABEL
 from utils.tfcompat import tf
 import tensorflow as tf2  # TF2 resize (half-pixel centres) and stateless random ops
-
-# ImageNet mean RGB (the VGG/ResNet slim checkpoints subtract it). Padding is
-# this colour, here and inside fcn_arch's build_net, so after preprocessing it
-# carries (almost) no signal: exactly zero for the mean-subtracting nets
-# (VGG, ResNet); near zero for those scaling 0..255 to [-1, 1] (Inception,
-# MobileNet: about -0.03, -0.08, -0.18 per channel).
-IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,19 +84,19 @@ def _paddings(image, size, top, left):
     return [[top, size[0] - height - top], [left, size[1] - width - left], [0, 0]]
 
 
-def _pad_image(image, size, top, left):
-    """Pad to size = (height, width) with IMAGENET_MEAN_RGB."""
-    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
-    image = tf.pad(image - mean, _paddings(image, size, top, left)) + mean
+def _pad_image(image, size, top, left, pad_rgb):
+    """Pad to size = (height, width) with the colour pad_rgb."""
+    colour = tf.constant(pad_rgb, tf.float32)
+    image = tf.pad(image - colour, _paddings(image, size, top, left)) + colour
     image.set_shape([size[0], size[1], 3])
     return image
 
 
-def _pad_pair(image, label, size, top, left):
-    """Pad to size = (height, width): image with IMAGENET_MEAN_RGB, label with IGNORE_LABEL."""
+def _pad_pair(image, label, size, top, left, pad_rgb):
+    """Pad to size = (height, width): image with pad_rgb, label with IGNORE_LABEL."""
     label = tf.pad(label, _paddings(label, size, top, left), constant_values=IGNORE_LABEL)
     label.set_shape([size[0], size[1], 1])
-    return _pad_image(image, size, top, left), label
+    return _pad_image(image, size, top, left, pad_rgb), label
 
 
 def _fit_size(image, pixels):
@@ -128,7 +124,7 @@ def photometric(image, seed):
 
     The strengths are the module's constants; the result is clipped to 0..255.
     Only the image changes: call it on the pair's image, before padding (so
-    padding stays the mean colour).
+    padding stays the network's zero colour).
     """
     brightness_seed, contrast_seed, saturation_seed, hue_seed = \
         tf2.unstack(tf2.random.experimental.stateless_split(seed, num=4))
@@ -142,7 +138,7 @@ def photometric(image, seed):
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
-def _augment_and_window(image, label, base_size, window, params, seed, pad=True):
+def _augment_and_window(image, label, base_size, window, params, seed, pad_rgb, pad=True):
     """Flip, rescale and stretch from `base_size`, then a random `window` (height, width).
 
     base_size: float (height, width) the scale range applies to. The part of
@@ -179,17 +175,17 @@ def _augment_and_window(image, label, base_size, window, params, seed, pad=True)
             seed, _PHOTOMETRIC_STREAM))
     image, label = _pad_pair(image, label, window,
                              _offset(pad_y_seed, window_height - crop_height),
-                             _offset(pad_x_seed, window_width - crop_width))
+                             _offset(pad_x_seed, window_width - crop_width), pad_rgb)
     return _to_outputs(image, label)
 
 
-def train_sizing(image, label, pixels, params, seed):
+def train_sizing(image, label, pixels, params, seed, pad_rgb):
     """Augment and size one training pair -> image [P, P, 3], label [P, P]."""
     return _augment_and_window(image, label, _fit_size(image, pixels), (pixels, pixels), params,
-                               seed)
+                               seed, pad_rgb)
 
 
-def train_crop(image, label, crop_size, params, seed, pad=True):
+def train_crop(image, label, crop_size, params, seed, pad_rgb, pad=True):
     """Augment one training pair at its own scale and cut a random crop_size window.
 
     -> image [H, W, 3], label [H, W] for crop_size = (H, W). The scale range
@@ -206,7 +202,7 @@ def train_crop(image, label, crop_size, params, seed, pad=True):
             image = tf.identity(image)
     native = tf.cast(native, tf.float32)
     return _augment_and_window(image, label, (native[0], native[1]), tuple(crop_size), params,
-                               seed, pad)
+                               seed, pad_rgb, pad)
 
 
 def _eval_size(image, pixels):
@@ -216,7 +212,7 @@ def _eval_size(image, pixels):
             tf.maximum(1, tf.cast(tf.round(width), tf.int32)))
 
 
-def eval_sizing(image, label, pixels):
+def eval_sizing(image, label, pixels, pad_rgb):
     """Size one pair without randomness.
 
     Returns image [P, P, 3], label [P, P], valid_height, valid_width: the
@@ -226,14 +222,14 @@ def eval_sizing(image, label, pixels):
     if pixels:
         height, width = _eval_size(image, pixels)
         image, label = _resize_pair(image, label, height, width)
-        image, label = _pad_pair(image, label, (pixels, pixels), 0, 0)
+        image, label = _pad_pair(image, label, (pixels, pixels), 0, 0, pad_rgb)
     else:
         height, width = tf.shape(image)[0], tf.shape(image)[1]
     image, label = _to_outputs(image, label)
     return image, label, height, width
 
 
-def eval_image_sizing(image, pixels):
+def eval_image_sizing(image, pixels, pad_rgb):
     """eval_sizing of an image without a label, in the graph: what an exported
     SavedModel does inside (utils/export.py; fcn_test sizes in numpy, utils/tta.py).
 
@@ -241,7 +237,7 @@ def eval_image_sizing(image, pixels):
     """
     if pixels:
         height, width = _eval_size(image, pixels)
-        image = _pad_image(_resize_image(image, height, width), (pixels, pixels), 0, 0)
+        image = _pad_image(_resize_image(image, height, width), (pixels, pixels), 0, 0, pad_rgb)
     else:
         height, width = tf.shape(image)[0], tf.shape(image)[1]
     return tf.cast(image, tf.float32), height, width

@@ -26,8 +26,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.datasets import (DEFAULT_DATAPATH, IGNORE_LABEL, NUM_LABEL_VALUES,  # noqa: E402
-                            how_to_make, load_dataset, record_path)
+from utils.datasets import DEFAULT_DATAPATH, how_to_make, load_dataset, record_path  # noqa: E402
+from utils.labels import IGNORE_LABEL, NUM_LABEL_VALUES  # noqa: E402
 from utils.cli import CheckedArgumentParser  # noqa: E402
 from utils.errors import first_line, run_main  # noqa: E402
 from utils.files import IMAGE_READ_ERRORS  # noqa: E402

@@ -41,8 +41,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.cli import CheckedArgumentParser
-from utils.datasets import (DEFAULT_DATAPATH, DATASET_META_FILE, IGNORE_LABEL, NUM_LABEL_VALUES,
-                            SPLIT_FILES, distinct_colors, write_dataset_meta)
+from utils.datasets import (DEFAULT_DATAPATH, DATASET_META_FILE, SPLIT_FILES, distinct_colors,
+                            write_dataset_meta)
+from utils.labels import IGNORE_LABEL, NUM_LABEL_VALUES
 from utils.errors import SegMentorError, first_line
 from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, disk_full_errors, is_disk_full
 from utils.tf_records import RecordWriter, encode_label_png

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+import fcn_arch
 from utils import camvid_to_records
 from utils.augmentation import AugmentParams
 from utils.cli import CheckedArgumentParser
@@ -28,12 +29,15 @@ from utils.feeder import Feeder
 from utils.tfcompat import tf
 
 WARMUP_BATCHES = 3  # fill the prefetch buffer and the parallel map before timing
+# The network whose padding the batches get: the one the issue-3 target is about.
+BENCH_NET = "mobilenet_v1"
 
 
 def feeder_images_per_sec(spec, datapath, pixels, batch_size, num_batches):
     """Training batches (augmented) per second times batch size."""
     with tf.Graph().as_default():
-        feeder = Feeder(spec, datapath, batch_size, pixels, augment=AugmentParams())
+        feeder = Feeder(spec, datapath, batch_size, pixels, augment=AugmentParams(),
+                        pad_rgb=fcn_arch.pad_rgb(BENCH_NET))
         with tf.Session() as sess, feeder.records_errors("train"):
             train = {feeder.handle: feeder.train_handle(sess)}
             for _ in range(WARMUP_BATCHES):

@@ -24,11 +24,8 @@ from typing import Callable, Mapping, Optional
 from utils import shapes
 from utils.errors import SegMentorError, first_line
 from utils.files import disk_full_errors, write_text_atomic
+from utils.labels import IGNORE_LABEL
 from utils.tf_records import count_records
-
-IGNORE_LABEL = 255
-# Labels are stored as 8-bit PNG (utils/tf_records.py): values 0..255, classes below IGNORE_LABEL.
-NUM_LABEL_VALUES = 256
 
 # data/ in the repository root (ignored by git); every script takes --datapath.
 DEFAULT_DATAPATH = str(pathlib.Path(__file__).resolve().parents[1] / "data")

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from utils.datasets import IGNORE_LABEL
+from utils.labels import IGNORE_LABEL
 from utils.files import atomic_path, write_text_atomic
 from utils.inference import CONFIDENCE_LEVEL, iou_counts, miou_from_counts, per_image_scores
 from utils.prediction import score_split

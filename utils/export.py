@@ -7,7 +7,7 @@ the checkpoint and only then renamed into place:
   `images` (uint8 RGB [B, H, W, 3], any size) and returns `classes` (int32
   [B, H, W]) and `probabilities` (float32 [B, H, W, classes]). Inside: the
   eval sizing of fcn_test (larger side scaled to `pixels`, padded with the
-  ImageNet mean colour; 0 keeps the native size), the preprocessing, the
+  network's pad colour, zero after its preprocessing; 0 keeps the native size), the preprocessing, the
   padding to a multiple of 32 and the crop back, and the bilinear resize of
   the softmax to the input size before the argmax (as fcn_test does). Plain TensorFlow
   loads it: `tf.saved_model.load(dir).signatures["serving_default"]`.
@@ -19,7 +19,7 @@ the checkpoint and only then renamed into place:
   calibrated on the run's training images.
 
 Both carry `segmentor.json` (`METADATA_FILE`: class names, colours, ignore
-label, input size, network, step, and the check's figures): beside the
+label, input size, network, padding colour `pad_rgb`, step, and the check's figures): beside the
 .tflite, in `assets.extra/` of the SavedModel.
 
     exported = export_run(run, checkpoint, "tflite", "int8", pixels=-1, out_dir="exp",
@@ -43,16 +43,18 @@ import numpy as np
 from tqdm import tqdm
 import tensorflow as tf2  # TF2 resize (half-pixel centres), as utils.augmentation uses
 
+import fcn_arch
 from utils import augmentation
 from utils.checkpoints import Checkpoint
-from utils.datasets import DatasetSpec, IGNORE_LABEL, load_dataset, num_records, record_path
+from utils.datasets import DatasetSpec, load_dataset, num_records, record_path
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError, first_line
 from utils.files import atomic_path, disk_full_errors, write_text_atomic
 from utils.inference import ScoreAccumulator
 from utils.prediction import PIXELS_AS_TRAINED, _SessionOwner, _restored_session
 from utils.tf_records import parse_example, read_records, records_errors
 from utils.tfcompat import session_config, stderr_silenced, tf
-from utils.tta import DEFAULT_OVERLAP, InferencePlan, pad_with_mean
+from utils.tta import DEFAULT_OVERLAP, InferencePlan, pad_bottom_right
 
 METADATA_FILE = "segmentor.json"
 TFLITE_FILE = "model.tflite"
@@ -78,9 +80,9 @@ def build_serving_graph(run, num_classes, pixels):
     images = tf.placeholder(tf.uint8, [None, None, None, 3], name=INPUT_NAME)
     source_size = tf.shape(images)[1:3]
     # Every image of a batch has the same size, so one valid region serves all.
-    sized = tf.map_fn(lambda image: augmentation.eval_image_sizing(image, pixels)[0], images,
-                      fn_output_signature=tf.float32)
-    _, valid_height, valid_width = augmentation.eval_image_sizing(images[0], pixels)
+    sized = tf.map_fn(lambda image: augmentation.eval_image_sizing(image, pixels, run.pad_rgb)[0],
+                      images, fn_output_signature=tf.float32)
+    _, valid_height, valid_width = augmentation.eval_image_sizing(images[0], pixels, run.pad_rgb)
     logits = run.build_logits(sized, num_classes)[:, :valid_height, :valid_width]
     # The softmax, not the logits, is resized to the source size before the argmax, as
     # fcn_test does it (utils.tta): the classes then equal fcn_test's predictions.
@@ -131,28 +133,30 @@ class CheckpointFixedSizeNetwork(_SessionOwner):
 
 class FixedSizeSegmenter:
     """Any-size images through a fixed-size network, sized as fcn_test sizes them
-    (utils.tta: larger side to P, padded with the mean colour; the image's region of
-    the probabilities resized bilinearly to the source size).
+    (utils.tta: larger side to P, padded with `pad_rgb`, the network's; the image's region
+    of the probabilities resized bilinearly to the source size).
 
     `network(float32 [1, P, P, 3]) -> probabilities [1, P, P, C]`.
     """
 
-    def __init__(self, network, pixels):
+    def __init__(self, network, pixels, pad_rgb):
         self.network = network
         self.pixels = pixels
-        self.plan = InferencePlan(pixels=pixels)
+        self.pad_rgb = tuple(pad_rgb)
+        self.plan = InferencePlan(pixels=pixels, pad_rgb=self.pad_rgb)
 
     def predict_probabilities(self, images):
         """float32 RGB 0..255 [B, H, W, 3] with H, W <= P -> softmax [B, H, W, C]: each
-        image padded to P x P with the mean colour (as evaluation pads), the result
-        cropped back. The predictor seam of utils.tta."""
+        image padded to P x P with pad_rgb (as evaluation pads), the result cropped back.
+        The predictor seam of utils.tta."""
         images = np.asarray(images, np.float32)
         height, width = images.shape[1:3]
         if height > self.pixels or width > self.pixels:
             raise SegMentorError(f"this model takes at most {self.pixels} x {self.pixels} "
                                  f"pixels, got {height} x {width}")
-        return np.stack([self.network(pad_with_mean(image, self.pixels, self.pixels)
-                                      [np.newaxis])[0, :height, :width] for image in images])
+        return np.stack([self.network(pad_bottom_right(image, self.pixels, self.pixels,
+                                                       self.pad_rgb)[np.newaxis])[0, :height, :width]
+                         for image in images])
 
     def probabilities(self, image):
         """uint8 RGB [h, w, 3] -> float32 [h, w, C] at the image's size."""
@@ -184,6 +188,8 @@ class ExportedModel:
                                 colors=tuple(tuple(color) for color in metadata["colors"]),
                                 class_frequencies=None, default_pixels=metadata["pixels"],
                                 converter="fcn_export.py")
+        # Exports before the key existed: the colour the network's preprocessing zeroes.
+        self.pad_rgb = tuple(metadata.get("pad_rgb") or fcn_arch.pad_rgb(metadata["basenet"]))
 
     def segment(self, image):
         """uint8 RGB [h, w, 3] -> uint8 class ids [h, w]."""
@@ -267,7 +273,7 @@ class TfliteModel(ExportedModel):
         super().__init__(read_metadata(os.path.join(folder, METADATA_FILE)))
         self.network = TfliteNetwork(path, num_threads)
         self.pixels = self.network.pixels
-        self._segmenter = FixedSizeSegmenter(self.network, self.pixels)
+        self._segmenter = FixedSizeSegmenter(self.network, self.pixels, self.pad_rgb)
 
     def predict_probabilities(self, images):
         """float32 RGB [B, H, W, 3], H, W <= P -> softmax [B, H, W, C] (padded to P, cropped)."""
@@ -334,7 +340,7 @@ def read_split_images(spec, datapath, split, count=None, stride=1):
                                 item["label"][..., 0])
 
 
-def representative_images(spec, datapath, pixels):
+def representative_images(spec, datapath, pixels, pad_rgb):
     """int8 calibration: a callable yielding [float32 [1, P, P, 3]] training images, sized as
     in evaluation, REPRESENTATIVE_IMAGES of them spread over the training file."""
     path = record_path(spec, datapath, "train")
@@ -345,7 +351,7 @@ def representative_images(spec, datapath, pixels):
     stride = max(1, num_records(spec, datapath, "train") // REPRESENTATIVE_IMAGES)
 
     def images():
-        plan = InferencePlan(pixels=pixels)
+        plan = InferencePlan(pixels=pixels, pad_rgb=pad_rgb)
         for item in tqdm(read_split_images(spec, datapath, "train", REPRESENTATIVE_IMAGES,
                                            stride),
                          total=REPRESENTATIVE_IMAGES, desc="int8 calibration", unit="img"):
@@ -434,7 +440,7 @@ def _serving_reference(run, checkpoint, num_classes, pixels):
 
 def _fixed_size_reference(run, checkpoint, num_classes, pixels):
     return FixedSizeSegmenter(CheckpointFixedSizeNetwork(run, checkpoint, num_classes, pixels),
-                              pixels)
+                              pixels, run.pad_rgb)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,8 +464,8 @@ FORMATS = {
         _write_tflite, _fixed_size_reference, fixed_size=True,
         quantizations=tuple(QUANTIZATIONS),
         input_description="image [1, P, P, 3] RGB 0..255 (float32; uint8 for int8), the larger "
-                          "side scaled to P and padded bottom/right with the ImageNet mean "
-                          "colour -> classes int32 [1, P, P], probabilities float32 "
+                          "side scaled to P and padded bottom/right with pad_rgb (the colour "
+                          "the network's preprocessing turns into 0) -> classes int32 [1, P, P], probabilities float32 "
                           "[1, P, P, C]; crop the image's region"),
 }
 
@@ -536,7 +542,7 @@ def _judge(result, quantization, format_name, quantize):
 def _metadata(run, checkpoint, spec, format_name, quantize, pixels):
     runargs = run.runargs
     return dict(
-        format=format_name, quantize=quantize, pixels=pixels,
+        format=format_name, quantize=quantize, pixels=pixels, pad_rgb=list(run.pad_rgb),
         io=FORMATS[format_name].input_description,
         class_names=list(spec.class_names), colors=[list(color) for color in spec.colors],
         ignore_label=IGNORE_LABEL, dataset=spec.name,
@@ -575,7 +581,7 @@ def export_run(run, checkpoint, format_name, quantize, pixels, out_dir,
     check_out_dir(out_dir)
     pixels = export_pixels(run, format_name, pixels)
     spec = run.dataset()
-    calibration = (representative_images(spec, run.datapath, pixels)
+    calibration = (representative_images(spec, run.datapath, pixels, run.pad_rgb)
                    if quantization.calibrated else None)
     if not os.path.isfile(record_path(spec, run.datapath, "val")):
         raise SegMentorError(f"the export is checked on validation images, and "
@@ -644,7 +650,8 @@ class ExportedRun:
                 f"runs at {self.eval_pixels()} pixels; drop them, use --traindir, or export a "
                 f"savedmodel with --pixels 0")
         return InferencePlan(pixels=self.fixed_size, scales=tuple(scales), flip=flip,
-                             tile=tuple(tile) if tile else None, overlap=overlap)
+                             tile=tuple(tile) if tile else None, overlap=overlap,
+                             pad_rgb=self.model.pad_rgb)
 
     def predictor(self, checkpoint=None):
         """The loaded export, with `num_classes` and `predict_probabilities(images)` (the

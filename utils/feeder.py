@@ -5,8 +5,10 @@ all inside tf.data and parallel) and a validation pipeline over a fixed subset
 of the validation records. Both sit behind one string-handle iterator, so a
 single graph trains or validates depending on the handle fed:
 
-    feeder = Feeder(spec, datapath, batch_size=16, pixels=512, start_step=0)
-    feeder = Feeder(spec, datapath, batch_size=8, pixels=0, crop=(288, 384))  # native scale
+    feeder = Feeder(spec, datapath, batch_size=16, pixels=512, start_step=0,
+                    pad_rgb=fcn_arch.pad_rgb(net))      # padding: zero after preprocessing
+    feeder = Feeder(spec, datapath, batch_size=8, pixels=0, crop=(288, 384),  # native scale
+                    pad_rgb=fcn_arch.pad_rgb(net))
     logits = arch.build_net(feeder.images)
     train = {feeder.handle: feeder.train_handle(sess)}
     sess.run(train_op, train)
@@ -26,8 +28,9 @@ import math
 import re
 
 from utils import augmentation
-from utils.augmentation import CROP_TOO_LARGE_PHRASE, AugmentParams, IMAGENET_MEAN_RGB
-from utils.datasets import IGNORE_LABEL, how_to_make, num_records, record_path
+from utils.augmentation import CROP_TOO_LARGE_PHRASE, AugmentParams
+from utils.datasets import how_to_make, num_records, record_path
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError
 from utils.tf_records import (HEIGHT_KEY, WIDTH_KEY, checked_label, parse_example, read_records,
                               records_errors)
@@ -39,6 +42,10 @@ SHUFFLE_BUFFER_RECORDS = 1000
 # Epoch e of a run seeded s shuffles with seed s * EPOCH_SEED_STRIDE + e: distinct
 # for every (s, e) as long as a run has fewer epochs than this.
 EPOCH_SEED_STRIDE = 1 << 20
+# tf.data map functions are plain graph code (every branch on a tensor is an explicit
+# tf.cond), so they skip AutoGraph: its transpiling of the augmentation code cost
+# 3-20 s per pipeline build on 2 cores, for the same graph.
+graph_function = tf.autograph.experimental.do_not_convert
 # The failed check of a crop that may not be padded: the phrase, then the image's height, width.
 _CROP_TOO_LARGE_PATTERN = re.compile(re.escape(CROP_TOO_LARGE_PHRASE) + r"\D*(\d+)\D+(\d+)")
 
@@ -46,7 +53,8 @@ _CROP_TOO_LARGE_PATTERN = re.compile(re.escape(CROP_TOO_LARGE_PHRASE) + r"\D*(\d
 class Feeder:
     """Train and validation batches of one dataset behind a feedable iterator.
 
-    images: float32 [B, P, P, 3], RGB 0..255 (padding = IMAGENET_MEAN_RGB);
+    images: float32 [B, P, P, 3], RGB 0..255, padded with `pad_rgb` (the network's
+    fcn_arch.pad_rgb, which its preprocessing turns into exactly 0.0);
     labels: int32 [B, P, P], IGNORE_LABEL on padding and void.
     With `crop` = (H, W), training batches are random H x W windows at the
     images' own scale (augmentation.train_crop, `crop_pad` as its pad) and
@@ -59,13 +67,14 @@ class Feeder:
 
     def __init__(self, spec, datapath, batch_size, pixels, augment=AugmentParams(),
                  val_fraction=0.25, seed=0, debug_overfit=0, start_step=0, crop=None,
-                 crop_pad=True):
+                 crop_pad=True, *, pad_rgb):
         if crop is None and pixels <= 0:
             raise SegMentorError(f"training needs a fixed size: --pixels must be > 0, got {pixels}")
         if crop is not None and pixels != 0:
             raise SegMentorError(f"training crops at native scale validate at native size: "
                                  f"--pixels must be 0 with --crop, got {pixels}")
         self.crop, self._crop_pad = crop, crop_pad
+        self.pad_rgb = tuple(pad_rgb)
         if not 0 < val_fraction <= 1:
             raise SegMentorError(f"the validated fraction must be in (0, 1], got {val_fraction}")
         self._how_to_make = how_to_make(spec, datapath)
@@ -109,12 +118,14 @@ class Feeder:
         if debug_overfit:
             records = records.take(debug_overfit)
 
+        @graph_function
         def epoch_records(epoch):
             if debug_overfit:
                 return records  # the same few images in the same order: easiest to overfit
             return records.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed * EPOCH_SEED_STRIDE + epoch,
                                    reshuffle_each_iteration=False)
 
+        @graph_function
         def parse_and_augment(index, serialized):
             # Each example's random draws are seeded by (seed, position in the
             # stream), so batches depend neither on the parallel map's timing
@@ -124,9 +135,9 @@ class Feeder:
             example_seed = tf.stack([tf.cast(seed, tf.int64), index])
             if crop:
                 return augmentation.train_crop(example["image"], label, crop, augment,
-                                               example_seed, pad=crop_pad)
+                                               example_seed, self.pad_rgb, pad=crop_pad)
             return augmentation.train_sizing(example["image"], label, pixels, augment,
-                                             example_seed)
+                                             example_seed, self.pad_rgb)
 
         first_example = start_step * batch_size
         start_epoch, offset_in_epoch = divmod(first_example, self.num_train_images)
@@ -138,13 +149,15 @@ class Feeder:
                 .prefetch(tf.data.AUTOTUNE))
 
     def _val_dataset(self, num_classes, batch_size, pixels):
-        mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
+        colour = tf.constant(self.pad_rgb, tf.float32)
 
+        @graph_function
         def parse_and_size(serialized):
             example = parse_example(serialized)
             label = checked_label(example["label"], num_classes, IGNORE_LABEL)
-            image, label, _, _ = augmentation.eval_sizing(example["image"], label, pixels)
-            return image - mean, label  # padded with 0 below: the mean once added back
+            image, label, _, _ = augmentation.eval_sizing(example["image"], label, pixels,
+                                                          self.pad_rgb)
+            return image - colour, label  # padded with 0 below: pad_rgb once added back
 
         # Batched, then repeated: every val_batches_per_pass batches are one pass, the
         # last batch partial. One endless iterator instead of re-initialising one per
@@ -154,7 +167,7 @@ class Feeder:
         return (read_records(self.val_path, self._how_to_make).shard(self._val_stride, 0)
                 .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
                 .padded_batch(batch_size, padding_values=(0.0, IGNORE_LABEL))
-                .map(lambda image, label: (image + mean, label))
+                .map(graph_function(lambda image, label: (image + colour, label)))
                 .repeat()
                 .prefetch(tf.data.AUTOTUNE))
 
@@ -215,6 +228,7 @@ def make_split_dataset(spec, datapath, split):
     `records_errors`), filename (source base name). Decoding runs in parallel
     and ahead of the consumer, so it overlaps the network's work.
     """
+    @graph_function
     def parse(serialized):
         example = parse_example(serialized)
         label = checked_label(example["label"], spec.num_classes, IGNORE_LABEL)

@@ -19,7 +19,8 @@ import sys
 
 from utils.converters import (DEFAULT_WORKERS, LABEL_EXTENSIONS, LabelMap, build_converter_parser,
                               output_dir, pairs_from_folders, print_summary, write_dataset)
-from utils.datasets import DATASETS, IGNORE_LABEL
+from utils.datasets import DATASETS
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError, run_main
 
 DEFAULT_VAL_RATIO = 0.2

@@ -26,10 +26,11 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from fcn_arch import arch_from_runargs
+from fcn_arch import arch_from_runargs, pad_rgb
 from utils.checkpoints import (BEST_NAME, LATEST_NAME, Checkpoint, checkpoint_candidates,
                                pick_checkpoint, saved_step)
-from utils.datasets import IGNORE_LABEL, how_to_make, load_dataset, num_records, record_path
+from utils.datasets import how_to_make, load_dataset, num_records, record_path
+from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError, first_line
 from utils.feeder import make_split_dataset
 from utils.inference import ScoreAccumulator
@@ -113,7 +114,13 @@ class TrainedRun:
                        overlap=DEFAULT_OVERLAP):
         """InferencePlan with --pixels resolved for this run (see eval_pixels)."""
         return InferencePlan(pixels=self.eval_pixels(pixels), scales=tuple(scales), flip=flip,
-                             tile=tuple(tile) if tile else None, overlap=overlap)
+                             tile=tuple(tile) if tile else None, overlap=overlap,
+                             pad_rgb=self.pad_rgb)
+
+    @property
+    def pad_rgb(self):
+        """The colour this run's inputs are padded with (zero after its preprocessing)."""
+        return pad_rgb(self.runargs["basenet"])
 
     def predictor(self, checkpoint):
         """NetworkPredictor of this run's network at `checkpoint` (close it, or use `with`)."""

@@ -181,7 +181,8 @@ def bench_input_pipeline(net, spec, datapath, pixels, batch_size, num_steps):
     for use_feeder in (True, False):
         with tf.Graph().as_default():
             if use_feeder:
-                feeder = Feeder(spec, datapath, batch_size, pixels, augment=AugmentParams())
+                feeder = Feeder(spec, datapath, batch_size, pixels, augment=AugmentParams(),
+                                pad_rgb=fcn_arch.pad_rgb(net))
                 images, labels = feeder.images, feeder.labels
             else:
                 images, labels = constant_batch(batch_size, pixels, spec.num_classes)

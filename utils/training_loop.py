@@ -30,7 +30,7 @@ from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time loggi
 import fcn_arch  # noqa: E402
 from utils import training  # noqa: E402
 from utils.checkpoints import checkpoint_candidates, saved_step  # noqa: E402
-from utils.datasets import IGNORE_LABEL  # noqa: E402
+from utils.labels import IGNORE_LABEL  # noqa: E402
 from utils.errors import SegMentorError  # noqa: E402
 from utils.files import disk_full_errors, is_disk_full  # noqa: E402
 from utils.inference import segmentation_metrics  # noqa: E402

@@ -6,7 +6,8 @@ Pure numpy around one callable, `predict(images) -> probabilities`
 width): a trained run's network (utils.prediction.NetworkPredictor) or anything
 else that answers the same way (an exported model).
 
-    plan = InferencePlan(pixels=0, scales=(0.75, 1, 1.25), flip=True, tile=(512, 512))
+    plan = InferencePlan(pixels=0, scales=(0.75, 1, 1.25), flip=True, tile=(512, 512),
+                         pad_rgb=fcn_arch.pad_rgb(net))
     probabilities = plan.probabilities(predictor.predict_probabilities, [image])[0]
     prediction = probabilities.argmax(-1)              # [h, w] at the image's size
 
@@ -28,8 +29,6 @@ import dataclasses
 
 import numpy as np
 
-from utils.augmentation import IMAGENET_MEAN_RGB
-
 # The default --overlap: tents at half-window steps sum to a near-constant
 # weight, so every pixel gets the same total trust.
 DEFAULT_OVERLAP = 0.5
@@ -43,16 +42,21 @@ class InferencePlan:
     square as in training (already resolved: not -1). scales: factors on that
     size, one pass each. flip: also a mirrored pass per scale. tile: (height,
     width) of sliding windows in network-input pixels, or None for whole images.
+    pad_rgb: the colour images are padded with to the training square (the
+    network's fcn_arch.pad_rgb: zero after its preprocessing); needed when pixels > 0.
     """
     pixels: int = 0
     scales: tuple = (1.0,)
     flip: bool = False
     tile: tuple | None = None
     overlap: float = DEFAULT_OVERLAP
+    pad_rgb: tuple | None = None
 
     def __post_init__(self):
         if self.pixels < 0:
             raise ValueError(f"pixels must be resolved to 0 (native) or a size, got {self.pixels}")
+        if self.pixels and self.pad_rgb is None:
+            raise ValueError("pixels > 0 pads images: give the network's pad_rgb")
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be > 0, got {self.scales}")
         if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
@@ -128,7 +132,7 @@ class InferencePlan:
         if mirrored:  # before padding, which stays bottom/right as in training's eval sizing
             sized = sized[:, ::-1]
         if side and not self.tile:  # whole images are padded to the square training saw
-            sized = pad_with_mean(sized, side, side)
+            sized = pad_bottom_right(sized, side, side, self.pad_rgb)
         return sized, size
 
 
@@ -161,10 +165,11 @@ def resize_bilinear(array, height, width):
     return resized
 
 
-def pad_with_mean(image, height, width):
-    """Pad bottom/right to height x width with IMAGENET_MEAN_RGB (zero after preprocessing)."""
+def pad_bottom_right(image, height, width, pad_rgb):
+    """Pad bottom/right to height x width with pad_rgb (the network's: zero after its
+    preprocessing)."""
     padded = np.empty((height, width, 3), np.float32)
-    padded[:] = IMAGENET_MEAN_RGB
+    padded[:] = pad_rgb
     padded[:image.shape[0], :image.shape[1]] = image
     return padded
 

@@ -28,7 +28,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from utils.datasets import NUM_LABEL_VALUES
+from utils.labels import NUM_LABEL_VALUES
 from utils.errors import SegMentorError, first_line
 from utils.files import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, atomic_path
 from utils.tfcompat import tf
