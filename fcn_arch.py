@@ -535,21 +535,18 @@ def check_arch_settings(arch_name, net, output_stride=FEATURE_STRIDE, fcn16=Fals
     _skip_strides(get_arch_class(arch_name), net, output_stride, fcn16, fcn8, fcn4)
 
 
-def arch_from_runargs(runargs, number_of_classes, is_training):
-    """The architecture a run was trained with, from its saved settings (runargs).
-
-    Keys: basenet, extended_arch, fcn16, fcn8, fcn4, trainable_upsampling,
-    weight_decay, batch_norm_decay, output_stride; missing ones take the class
-    defaults (runs from before --output_stride ran at 32).
+def arch_from_settings(settings, number_of_classes, is_training):
+    """The architecture a run was trained with, from its settings: a
+    utils.run_settings.RunSettings (its basenet, extended_arch, fcn16, fcn8, fcn4,
+    trainable_upsampling, weight_decay, batch_norm_decay, output_stride; runs saved
+    before a key existed read it as that flag's default, e.g. output stride 32).
     """
-    return get_arch_class(runargs.get("extended_arch", "fcn"))(
-        number_of_classes, is_training, net=runargs["basenet"],
-        fcn16=runargs.get("fcn16", False), fcn8=runargs.get("fcn8", False),
-        fcn4=runargs.get("fcn4", False),
-        trainable_upsampling=runargs.get("trainable_upsampling", False),
-        weight_decay=runargs.get("weight_decay"),
-        batch_norm_decay=runargs.get("batch_norm_decay"),
-        output_stride=runargs.get("output_stride", FEATURE_STRIDE))
+    return get_arch_class(settings.extended_arch)(
+        number_of_classes, is_training, net=settings.basenet, fcn16=settings.fcn16,
+        fcn8=settings.fcn8, fcn4=settings.fcn4,
+        trainable_upsampling=settings.trainable_upsampling,
+        weight_decay=settings.weight_decay, batch_norm_decay=settings.batch_norm_decay,
+        output_stride=settings.output_stride)
 
 
 # --- Restoring a slim ImageNet checkpoint ---------------------------------------

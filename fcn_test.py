@@ -186,7 +186,8 @@ def main(args):
         home = args.traindir
     checkpoint = run.checkpoint(args.afteriter, best=args.best)
     # A bad --pixels and data that cannot be found fail before any graph is built.
-    plan = run.inference_plan(args.pixels, args.scales, args.flip, args.tile, args.overlap)
+    pixels = run.eval_pixels(args.pixels)
+    plan = run.inference_plan(pixels, args.scales, args.flip, args.tile, args.overlap)
     segmenting = args.imagepath or args.moviepath
     # An export carries its classes and colours: segmenting photos with one needs no dataset.
     spec = run.classes() if args.model and segmenting else run.dataset()
@@ -218,7 +219,7 @@ def main(args):
             predictor, spec, run.datapath, args.split, plan, outdir, args.batch_size,
             Drawing(range(args.first2viz, args.last2viz), args.save_predictions),
             extra=dict(step=checkpoint.step, checkpoint=os.path.basename(checkpoint.prefix),
-                       pixels=run.eval_pixels(args.pixels),
+                       pixels=pixels,
                        **({"model": os.path.abspath(args.model)} if args.model else {})))
     print_metrics(metrics)
     print(f"{metrics['num_images']} images at {metrics['images_per_sec']:.1f} images/s "

@@ -13,41 +13,31 @@ utils/training.py (loss, schedules, optimizers), utils/checkpoints.py and
 utils/run_folder.py.
 """
 import argparse
-import os
 import signal
 import sys
-import types
+import time
 
 from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402
 from utils import training, training_loop  # noqa: E402
 from utils.augmentation import NO_AUGMENT, AugmentParams  # noqa: E402
-from utils.checkpoints import (DEFAULT_KEEP_SNAPSHOTS, CheckpointKeeper,  # noqa: E402
-                               newest_intact, pick_checkpoint, remove_unfinished_saves)
+from utils.checkpoints import (CheckpointKeeper, newest_intact, pick_checkpoint,  # noqa: E402
+                               remove_unfinished_saves)
 from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  # noqa: E402
-from utils.datasets import DEFAULT_DATAPATH, load_dataset  # noqa: E402
+from utils.datasets import load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
-from utils.fetch_checkpoints import MODELS_DIR  # noqa: E402
-from utils.run_folder import (RUNS_DIR, HeldRunFolder, RunLog, create_run_dir,  # noqa: E402
-                              read_runargs, write_runargs)
+from utils.run_folder import (HeldRunFolder, RunLog, create_run_dir, read_runargs,  # noqa: E402
+                              write_runargs)
+from utils.run_settings import PLAN_KEYS, RunSettings  # noqa: E402
 
-# ---- Defaults: the README recipe (mobilenet_v1 FCN16 from scratch on `shapes`) ----
-DEFAULT_BASENET = "mobilenet_v1"     # thin enough to train on a laptop CPU
-DEFAULT_DATASET = "shapes"           # generated on first use: works with no download
-DEFAULT_BATCH_SIZE = 16
-DEFAULT_EPOCHS = 14                  # shapes: val mIoU > 0.8 from scratch in ~7 min on 2 cores
+# ---- Defaults: the README recipe (mobilenet_v1 FCN16 from scratch on `shapes`), one
+# field each of utils/run_settings.py's RunSettings, the object a run's settings travel in.
+DEFAULTS = RunSettings()
 # Adam steps: random weights need large ones; ImageNet weights are already near a good
 # solution, and steps as large would wreck the features being fine-tuned.
 SCRATCH_LEARNRATE = 3e-3
 FINETUNE_LEARNRATE = 3e-4
-DEFAULT_LOG_EVERY_STEPS = 10
-# Slim ImageNet checkpoints (FEATURE_EXTRACTORS[net].checkpoint_file) are looked up here.
-DEFAULT_MODELSPATH = MODELS_DIR
-# Validation scores this fraction of the val split (a fixed subset) by default: a trend,
-# quickly; --val_fraction 1 scores all of it, as fcn_test.py does.
-DEFAULT_VAL_FRACTION = 0.25
-DEFAULT_AUGMENT = AugmentParams()    # the flip, scale and stretch of training batches
 # Flags a resumed run may change: where things are on this machine, not what is trained.
 RESUME_OVERRIDES = ("gpu", "datapath", "xla")
 # Flags added after runs were made, with the value that does what those runs did: a
@@ -137,7 +127,7 @@ def build_parser():
                     "events and checkpoints.")
     net = parser.add_argument_group("network")
     net.add_argument("--basenet", choices=list(fcn_arch.FEATURE_EXTRACTORS),
-                     default=DEFAULT_BASENET,
+                     default=DEFAULTS.basenet,
                      help="feature extractor (encoder; default: %(default)s)")
     net.add_argument("--fcn16", action="store_true",
                      help="add the stride-16 skip (FCN16; FCN-family decoders only)")
@@ -147,15 +137,16 @@ def build_parser():
                      help="skips down to stride 4 (FCN4; FCN-family decoders only)")
     net.add_argument("--trainable_upsampling", action="store_true",
                      help="learn the upsampling kernels (they start bilinear either way)")
-    net.add_argument("--extended_arch", choices=list(fcn_arch.ARCHS), default="fcn",
+    net.add_argument("--extended_arch", choices=list(fcn_arch.ARCHS),
+                     default=DEFAULTS.extended_arch,
                      help="decoder (default: %(default)s); fcn and fcn_refine take "
                           "--fcn16/--fcn8/--fcn4, the others tap fixed strides")
     net.add_argument("--output_stride", type=int, choices=fcn_arch.OUTPUT_STRIDES,
-                     default=fcn_arch.FEATURE_STRIDE,
+                     default=DEFAULTS.output_stride,
                      help=f"stride of the encoder output; 16 and 8 turn the later strides "
                           f"into atrous convolution, same variables "
                           f"({', '.join(fcn_arch.ATROUS_NETS)}; default: %(default)s)")
-    net.add_argument("--weight_decay", type=non_negative_float, default=None,
+    net.add_argument("--weight_decay", type=non_negative_float, default=DEFAULTS.weight_decay,
                      help="L2 weight decay: adds weight_decay * sum(w^2) / 2 over the "
                           "convolution weights of encoder and decoder (not biases, batch norm, "
                           "MobileNet depthwise weights or learnt upsampling kernels) to the "
@@ -164,101 +155,106 @@ def build_parser():
                           "with adam it is rescaled per weight (default: the family's own, "
                           "e.g. 4e-05 for the MobileNets)")
     net.add_argument("--batch_norm_decay", type=bounded(float, 0, 1, False, False),
-                     default=None,
+                     default=DEFAULTS.batch_norm_decay,
                      help=f"batch-norm moving-average decay per step, for nets with batch "
                           f"norm (default: {training.DEFAULT_BATCH_NORM_DECAY:g}; see "
                           f"utils/training.py for why)")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=DEFAULT_DATASET,
+    data.add_argument("--dataset", default=DEFAULTS.dataset,
                       help="dataset name: a built-in one, or one converted into --datapath "
                            "(default: %(default)s)")
-    data.add_argument("--datapath", default=DEFAULT_DATAPATH,
+    data.add_argument("--datapath", default=DEFAULTS.datapath,
                       help="folder holding <dataset>/*.tfrecords (default: %(default)s)")
-    data.add_argument("--pixels", type=positive_int, default=None,
+    data.add_argument("--pixels", type=positive_int, default=DEFAULTS.pixels,
                       help="training size: the larger side is scaled to it (then --scale_range "
                            "applies), padded to a square; validation the same without "
                            "randomness (default: the dataset's own; not with --crop)")
     data.add_argument("--crop", type=positive_int, nargs=2, metavar=("HEIGHT", "WIDTH"),
-                      default=None,
+                      default=DEFAULTS.crop,
                       help="train on random HEIGHT x WIDTH windows of the images at their own "
                            "scale: --scale_range and --stretch_range apply to the native size, "
                            "padding only where the augmented image is smaller; validation and "
                            "fcn_test.py then run at native size (runargs pixels = 0)")
-    data.add_argument("--crop_pad", action=argparse.BooleanOptionalAction, default=True,
+    data.add_argument("--crop_pad", action=argparse.BooleanOptionalAction,
+                      default=DEFAULTS.crop_pad,
                       help="pad --crop windows where the augmented image is smaller; with "
                            "--no-crop_pad the size factor is raised until the image covers "
                            "the window, and an image smaller than the window at native size "
                            "stops training with one error line (the first image is checked "
                            "before the run starts) (default: %(default)s)")
-    data.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+    data.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size,
                       help="images per step (default: %(default)s)")
     data.add_argument("--class_weighting", choices=list(training.CLASS_WEIGHTINGS),
-                      default="none", help="loss weight per class, from the dataset's "
-                                           "training pixel frequencies: 1/f, median(f)/f, or "
-                                           "ENet's 1/ln(1.02 + f) (default: %(default)s)")
+                      default=DEFAULTS.class_weighting,
+                      help="loss weight per class, from the dataset's training pixel "
+                           "frequencies: 1/f, median(f)/f, or ENet's 1/ln(1.02 + f) "
+                           "(default: %(default)s)")
     data.add_argument("--flip", action=argparse.BooleanOptionalAction,
-                      default=DEFAULT_AUGMENT.flip,
+                      default=DEFAULTS.flip,
                       help="random horizontal flips of training images (default: %(default)s)")
     data.add_argument("--scale_range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
-                      default=list(DEFAULT_AUGMENT.scale_range),
+                      default=list(DEFAULTS.scale_range),
                       help="random size factor of training images, drawn uniformly, on top "
                            "of the --pixels sizing, or of the native size with --crop "
                            "(default: %(default)s; 1 1 = off)")
     data.add_argument("--stretch_range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
-                      default=list(DEFAULT_AUGMENT.stretch_range),
+                      default=list(DEFAULTS.stretch_range),
                       help="random width/height ratio change of training images, area kept "
                            "(default: %(default)s; 1 1 = off)")
     data.add_argument("--photometric", action="store_true",
                       help="random brightness, contrast, saturation and hue of training images "
                            "(slim Inception strengths, see utils/augmentation.py; default: off)")
-    data.add_argument("--debug_overfit", type=non_negative_int, default=0, metavar="N",
+    data.add_argument("--debug_overfit", type=non_negative_int,
+                      default=DEFAULTS.debug_overfit, metavar="N",
                       help="train on the first N training images only, without augmentation: "
                            "train mIoU should approach 1 (0 = off)")
 
     init = parser.add_argument_group("initialisation")
-    init.add_argument("--modelspath", default=DEFAULT_MODELSPATH,
+    init.add_argument("--modelspath", default=DEFAULTS.modelspath,
                       help="folder of the slim ImageNet checkpoints (e.g. "
                            "mobilenet_v1_1.0_224.ckpt); the encoder starts from its file "
                            "(default: %(default)s)")
     init.add_argument("--scratch", action="store_true",
                       help="start from random weights instead of an ImageNet checkpoint")
-    init.add_argument("--init_from", metavar="RUNDIR", default=None,
+    init.add_argument("--init_from", metavar="RUNDIR", default=DEFAULTS.init_from,
                       help="start from another run's newest intact checkpoint: the encoder, "
                            "and the decoder when its variables and class count match; steps, "
                            "optimizer and learning-rate schedule start new")
-    init.add_argument("--afteriter", type=non_negative_int, default=None, metavar="N",
+    init.add_argument("--afteriter", type=non_negative_int, default=DEFAULTS.afteriter, metavar="N",
                       help="with --init_from: its snapshot fcn.ckpt_N instead of the newest "
                            "checkpoint")
-    init.add_argument("--resume", metavar="RUNDIR", default=None,
+    init.add_argument("--resume", metavar="RUNDIR", default=DEFAULTS.resume,
                       help="continue the run in RUNDIR from its newest intact checkpoint, "
                            "with its saved runargs")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
+    optim.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs,
                        help="passes over the training images (default: %(default)s)")
     optim.add_argument("--optimizer", choices=list(training.OPTIMIZERS),
-                       default=training.DEFAULT_OPTIMIZER,
+                       default=DEFAULTS.optimizer,
                        help="update rule: adam, SGD with momentum, or SGD with Nesterov "
                             "momentum (--momentum; weight decay: --weight_decay) "
                             "(default: %(default)s)")
-    optim.add_argument("--learnrate", type=positive_float, default=None,
+    optim.add_argument("--learnrate", type=positive_float, default=DEFAULTS.learnrate,
                        help=f"initial learning rate (default: {SCRATCH_LEARNRATE:g} with "
                             f"--scratch, {FINETUNE_LEARNRATE:g} from ImageNet weights)")
     optim.add_argument("--momentum", type=bounded(float, 0, 1, high_inclusive=False),
-                       default=training.DEFAULT_MOMENTUM,
+                       default=DEFAULTS.momentum,
                        help="Adam's beta1, or SGD's momentum (default: %(default)s)")
-    optim.add_argument("--epsilon", type=positive_float, default=training.DEFAULT_EPSILON,
+    optim.add_argument("--epsilon", type=positive_float, default=DEFAULTS.epsilon,
                        help="Adam's epsilon (default: %(default)s)")
     optim.add_argument("--difflr", action="store_true",
                        help=f"new decoder layers learn {training.DIFFLR_FACTOR:g}x faster "
                             f"than the ImageNet-pretrained encoder (not with --scratch)")
-    optim.add_argument("--lr_policy", choices=list(training.LR_POLICIES), default="step",
+    optim.add_argument("--lr_policy", choices=list(training.LR_POLICIES),
+                       default=DEFAULTS.lr_policy,
                        help=f"learning-rate shape over the run: step (drops, see --constantlr, "
                             f"--decaylr, --lr_schedule), poly ((1 - t)^{training.POLY_POWER:g}) "
                             f"or cosine, t going 0 to 1 from the end of warmup to the last "
                             f"step (default: %(default)s)")
-    optim.add_argument("--warmup_steps", type=non_negative_int, default=0, metavar="STEPS",
+    optim.add_argument("--warmup_steps", type=non_negative_int,
+                       default=DEFAULTS.warmup_steps, metavar="STEPS",
                        help="raise the learning rate linearly over the first STEPS steps "
                             "(step s at (s+1)/STEPS of it), any --lr_policy; must be fewer "
                             "than the run's steps (default: %(default)s)")
@@ -270,39 +266,41 @@ def build_parser():
                        help=f"divide the learning rate by {training.LR_DROP_FACTOR:g} at 1/3 "
                             f"and 2/3 of training")
     optim.add_argument("--lr_schedule", type=positive_float, nargs="+", metavar="EPOCH",
-                       default=None, help=f"divide the learning rate by "
+                       default=DEFAULTS.lr_schedule, help=f"divide the learning rate by "
                                           f"{training.LR_DROP_FACTOR:g} at each of these "
                                           f"epochs (increasing)")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--log_every", type=positive_int, default=DEFAULT_LOG_EVERY_STEPS,
+    run.add_argument("--log_every", type=positive_int, default=DEFAULTS.log_every,
                      metavar="STEPS", help="runlog / console / TensorBoard line every STEPS "
                           "(default: %(default)s)")
-    run.add_argument("--val_every", type=positive_int, default=None, metavar="STEPS",
+    run.add_argument("--val_every", type=positive_int, default=DEFAULTS.val_every, metavar="STEPS",
                      help=f"validate every STEPS (default: once per epoch, at least "
                           f"{training_loop.MIN_DEFAULT_EVERY_STEPS} steps apart)")
     run.add_argument("--val_fraction", type=bounded(float, 0, 1, low_inclusive=False),
-                     default=DEFAULT_VAL_FRACTION, metavar="F",
+                     default=DEFAULTS.val_fraction, metavar="F",
                      help="validate on every round(1/F)-th val image (1 = all of them, scored "
                           "as fcn_test.py does; default: %(default)s)")
     run.add_argument("--keep_best", action="store_true",
                      help="also keep fcn.ckpt_best, the state of the best val mIoU so far "
                           "(fcn_test.py --best scores it)")
-    run.add_argument("--save_every", type=positive_int, default=None, metavar="STEPS",
+    run.add_argument("--save_every", type=positive_int,
+                     default=DEFAULTS.save_every, metavar="STEPS",
                      help="overwrite the latest checkpoint fcn.ckpt every STEPS "
                           f"(default: once per epoch, at least "
                           f"{training_loop.MIN_DEFAULT_EVERY_STEPS} steps apart)")
-    run.add_argument("--snapshot_every", type=positive_int, default=None, metavar="STEPS",
+    run.add_argument("--snapshot_every", type=positive_int,
+                     default=DEFAULTS.snapshot_every, metavar="STEPS",
                      help=f"keep a snapshot fcn.ckpt_<step> every STEPS (default: "
                           f"{training_loop.DEFAULT_SNAPSHOTS_PER_RUN} per run)")
-    run.add_argument("--keep_snapshots", type=non_negative_int, default=DEFAULT_KEEP_SNAPSHOTS,
+    run.add_argument("--keep_snapshots", type=non_negative_int, default=DEFAULTS.keep_snapshots,
                      metavar="N", help="keep the newest N snapshots (model only, no optimizer "
                                        "state), delete older ones (default: %(default)s; 0 = none)")
-    run.add_argument("--runs_dir", default=RUNS_DIR,
+    run.add_argument("--runs_dir", default=DEFAULTS.runs_dir,
                      help="where new run folders are made (default: %(default)s)")
-    run.add_argument("--seed", type=int, default=0,
+    run.add_argument("--seed", type=int, default=DEFAULTS.seed,
                      help="seed of weights, data order and augmentation (default: %(default)s)")
-    run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+    run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=DEFAULTS.xla,
                      help=f"compile each tower and its loss with XLA's JIT (the confusion "
                           f"counts and optimizer updates stay TensorFlow ops); may differ by "
                           f"machine, so --resume may change it (default: "
@@ -315,50 +313,34 @@ def build_parser():
 # --- Settings ----------------------------------------------------------------------------
 
 def run_settings(args):
-    """The settings of this run: the flags with their defaults resolved, or for
-    --resume the saved runargs (step plan included).
-
-    `resume` itself is part of the settings but never of the saved runargs.
-    """
+    """The RunSettings of this run: the flags with their defaults resolved, or for
+    --resume the saved runargs (step plan included) and the RESUME_OVERRIDES given."""
     if args.resume:
         return _resumed_settings(args)
-    settings = types.SimpleNamespace(**vars(args))
-    settings.learnrate = args.learnrate or (SCRATCH_LEARNRATE if args.scratch
-                                            else FINETUNE_LEARNRATE)
-    settings.batch_norm_decay = training.batch_norm_decay_for(args.basenet, args.batch_norm_decay)
-    settings.xla = DEFAULT_XLA if args.xla is None else args.xla
-    return settings
+    return RunSettings.from_runargs(dict(
+        vars(args),
+        learnrate=args.learnrate or (SCRATCH_LEARNRATE if args.scratch else FINETUNE_LEARNRATE),
+        batch_norm_decay=training.batch_norm_decay_for(args.basenet, args.batch_norm_decay),
+        xla=DEFAULT_XLA if args.xla is None else args.xla))
 
 
 def _resumed_settings(args):
-    settings = {**ADDED_WITH_OLD_BEHAVIOUR, **read_runargs(args.resume)}
-    expected = set(vars(args)) - {"resume"} | set(training_loop.PLAN_KEYS)
-    missing = sorted(expected - set(settings))
+    runargs = {**ADDED_WITH_OLD_BEHAVIOUR, **read_runargs(args.resume)}
+    expected = set(vars(args)) - {"resume"} | set(PLAN_KEYS)
+    missing = sorted(expected - set(runargs))
     if missing:
         raise SegMentorError(f"{args.resume}/runargs lacks {', '.join(missing)}: it was "
                              f"written by another version of fcn_train.py; start a new run")
-    for name in RESUME_OVERRIDES:
-        if getattr(args, name) != build_parser().get_default(name):
-            settings[name] = getattr(args, name)
-    return types.SimpleNamespace(**settings, resume=args.resume)
-
-
-def saved_settings(settings, plan):
-    """What runargs holds: every resolved setting but `resume`, absolute paths, and the
-    step plan (its val/save/snapshot cadence replaces the flags' None defaults)."""
-    saved = {name: value for name, value in vars(settings).items() if name != "resume"}
-    saved.update({name: os.path.abspath(saved[name])
-                  for name in ("datapath", "modelspath", "runs_dir", "init_from") if saved[name]})
-    saved.update(plan.as_runargs())
-    return saved
+    overrides = {name: getattr(args, name) for name in RESUME_OVERRIDES
+                 if getattr(args, name) != build_parser().get_default(name)}
+    return RunSettings.from_runargs({**runargs, **overrides, "resume": args.resume})
 
 
 def augment_params(settings):
     if settings.debug_overfit:
         return NO_AUGMENT
-    return AugmentParams(flip=settings.flip, scale_range=tuple(settings.scale_range),
-                         stretch_range=tuple(settings.stretch_range),
-                         photometric=settings.photometric)
+    return AugmentParams(flip=settings.flip, scale_range=settings.scale_range,
+                         stretch_range=settings.stretch_range, photometric=settings.photometric)
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -394,7 +376,8 @@ def train(args, run_folder):
     spec = load_dataset(settings.dataset, settings.datapath)
     # A --crop run trains at native scale and evaluates at native size: pixels 0, which
     # fcn_test's "as in training" then also means.
-    settings.pixels = 0 if settings.crop else (settings.pixels or spec.default_pixels)
+    settings = settings.replace(
+        pixels=0 if settings.crop else (settings.pixels or spec.default_pixels))
     resume_from, skipped_checkpoints = None, []
     if settings.resume:  # the step is needed now: the data stream starts from it
         run_folder.hold(settings.resume)
@@ -413,10 +396,11 @@ def train(args, run_folder):
                         augment=augment_params(settings), val_fraction=settings.val_fraction,
                         seed=settings.seed, debug_overfit=settings.debug_overfit,
                         start_step=resume_from.step if resume_from else 0,
-                        crop=tuple(settings.crop) if settings.crop else None,
-                        crop_pad=settings.crop_pad, pad_rgb=fcn_arch.pad_rgb(settings.basenet))
+                        crop=settings.crop, crop_pad=settings.crop_pad,
+                        pad_rgb=fcn_arch.pad_rgb(settings.basenet))
         plan = (training_loop.resumed_plan(settings, feeder.num_train_images, settings.resume)
                 if settings.resume else training_loop.make_plan(settings, feeder.num_train_images))
+        settings = settings.replace(plan=plan)
         graph = training_loop.build_graph(settings, spec, feeder.images, feeder.labels,
                                           plan.lr_drop_steps, plan.total_steps)
         # Checked before the run folder is made, so a missing or mismatched checkpoint
@@ -427,7 +411,7 @@ def train(args, run_folder):
         run_dir = settings.resume or create_run_dir(settings.runs_dir, settings.basenet)
         if not settings.resume:
             run_folder.hold(run_dir)
-            write_runargs(run_dir, {**saved_settings(settings, plan), **weights.as_runargs()})
+            write_runargs(run_dir, {**settings.as_runargs(), **weights.as_runargs()})
         keeper = CheckpointKeeper(run_dir, graph.model_variables, settings.keep_snapshots,
                                   verified=resume_from and resume_from.prefix)
         with training_loop.event_file_disk_errors(run_dir), RunLog(run_dir) as log:

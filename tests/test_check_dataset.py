@@ -11,6 +11,7 @@ from utils.datasets import how_to_make, load_dataset, write_dataset_meta
 from utils.labels import IGNORE_LABEL
 from utils.errors import run_main
 from utils.tf_records import RecordWriter, encode_label_png
+from utils.visualization import IGNORE_COLOR
 from encoded_images import encode_image
 
 NAME = "tiny11"
@@ -71,8 +72,13 @@ def test_clean_records_pass_with_a_summary_and_a_picture(tmp_path, capsys):
     assert ("train: 4 records (dataset.json: 4), image sizes 16x20 (4), label values 0..10, 255, "
             "ignored pixels 6.2%") in out
     assert re.search(r"^c0\s+-\s+7\.5\s+6\.7$", out, re.MULTILINE), out  # train: 6 of 80 columns
-    width, height = Image.open(tmp_path / "out" / f"check_{NAME}.png").size
-    assert width > 800 and height > 400
+    # The picture's legend shows every class the labels hold, and 'ignored', in the dataset's
+    # colours: solid swatches of exactly those colours (c0 is black, like the text: skipped).
+    picture = np.array(Image.open(tmp_path / "out" / f"check_{NAME}.png").convert("RGB"))
+    spec = load_dataset(NAME, str(tmp_path))
+    assert spec.colors[0] == (0, 0, 0)
+    for color in (*spec.colors[1:], IGNORE_COLOR):
+        assert np.all(picture == color, axis=-1).sum() >= 30, color
 
 
 def test_label_200_in_an_11_class_set_names_the_value_and_records(tmp_path, capsys):

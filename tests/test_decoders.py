@@ -8,6 +8,7 @@ from fcn_arch import ARCHS, ATROUS_NETS, FCN_FAMILY, FEATURE_EXTRACTORS
 from nets.mobilenet_v1 import atrous_strides
 from reference_lists import feature_extractor_variables
 from utils.errors import SegMentorError
+from utils.run_settings import RunSettings
 from utils.tfcompat import tf
 
 NUM_CLASSES = 3
@@ -122,11 +123,12 @@ def test_impossible_architectures_fail_with_one_line(build, message):
     assert str(err.value) == message
 
 
-def test_arch_from_runargs_reads_the_output_stride_with_32_for_older_runs():
+def test_arch_from_settings_reads_the_output_stride_with_32_for_older_runs():
     old = {"basenet": "mobilenet_v1", "extended_arch": "fcn", "fcn16": True}
-    assert fcn_arch.arch_from_runargs(old, NUM_CLASSES, False).output_stride == 32
+    old_settings = RunSettings.from_runargs(old)
+    assert fcn_arch.arch_from_settings(old_settings, NUM_CLASSES, False).output_stride == 32
     new = {"basenet": "resnet_v1_18", "extended_arch": "deeplabv3plus", "output_stride": 16}
-    arch = fcn_arch.arch_from_runargs(new, NUM_CLASSES, False)
+    arch = fcn_arch.arch_from_settings(RunSettings.from_runargs(new), NUM_CLASSES, False)
     assert (type(arch), arch.output_stride, arch.decoder) == (
         fcn_arch.DeepLabV3PlusArch, 16, "deeplabv3plus")
 

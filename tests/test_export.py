@@ -19,7 +19,7 @@ from PIL import Image
 import fcn_export
 import fcn_test
 import fcn_arch
-from fcn_arch import ARCHS, FCN_FAMILY, FEATURE_EXTRACTORS, arch_from_runargs
+from fcn_arch import ARCHS, FCN_FAMILY, FEATURE_EXTRACTORS, arch_from_settings
 from utils import shapes
 from utils.checkpoints import GLOBAL_STEP_NAME, LATEST_NAME
 from utils.datasets import read_dataset_meta, write_dataset_meta
@@ -27,6 +27,7 @@ from utils.labels import IGNORE_LABEL
 from utils.errors import EXIT_USER_ERROR, SegMentorError, run_main
 from utils.export import METADATA_FILE, SAVEDMODEL_METADATA_DIR, TFLITE_FILE, load_exported
 from utils.run_folder import write_runargs
+from utils.run_settings import RunSettings
 from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
 from utils.tta import pad_bottom_right
@@ -74,7 +75,8 @@ def make_run(run_dir, datapath, basenet, **arch_settings):
     rng = np.random.default_rng(0)
     with tf.Graph().as_default():
         images = tf.placeholder(tf.float32, [1, PIXELS, PIXELS, 3])
-        arch_from_runargs(runargs, len(shapes.CLASS_NAMES), is_training=False).build_net(images)
+        arch_from_settings(RunSettings.from_runargs(runargs), len(shapes.CLASS_NAMES),
+                           is_training=False).build_net(images)
         tf.train.get_or_create_global_step()
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())

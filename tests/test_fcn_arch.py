@@ -12,6 +12,7 @@ from fcn_arch import (ARCHS, DECODERS, FEATURE_EXTRACTORS, FcnArch, decoder_flag
 from everyday import everyday_or_slow
 from reference_lists import feature_extractor_variables
 from utils.errors import SegMentorError
+from utils.run_settings import RunSettings
 from utils.tfcompat import slim, tf
 
 NUM_CLASSES = 5
@@ -155,10 +156,10 @@ def test_decoder_flags_invert_decoder_name():
         assert fcn_arch.decoder_name(**decoder_flags(decoder)) == decoder
 
 
-def test_arch_from_runargs_rebuilds_the_trained_architecture():
+def test_arch_from_settings_rebuilds_the_trained_architecture():
     runargs = {"basenet": "mobilenet_v2", "extended_arch": "fcn_refine", "fcn16": True,
                "fcn8": True, "batch_norm_decay": 0.95}
-    arch = fcn_arch.arch_from_runargs(runargs, 3, is_training=False)
+    arch = fcn_arch.arch_from_settings(RunSettings.from_runargs(runargs), 3, is_training=False)
     assert type(arch) is fcn_arch.RefineFcnArch
     assert (arch.net, arch.decoder, arch.number_of_classes) == ("mobilenet_v2", "fcn8", 3)
     assert arch.arg_scope_overrides == {"batch_norm_decay": 0.95}

@@ -34,7 +34,7 @@ from utils.labels import IGNORE_LABEL
 from utils.errors import EXIT_USER_ERROR, run_main
 from utils.prediction import SplitPredictor, TrainedRun
 from utils.tf_records import RecordWriter, encode_label_png
-from utils.visualization import IGNORE_COLOR, normalized_confusion
+from utils.visualization import IGNORE_COLOR, normalized_confusion, overlay, read_rgb
 from encoded_images import encode_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -194,15 +194,20 @@ def test_per_image_csv_scores_each_saved_prediction(default_eval, data):
 
 
 @pytest.mark.slow  # uses the trained run
-def test_the_worst_images_are_drawn_worst_first(default_eval):
+def test_the_worst_images_are_drawn_worst_first(default_eval, data):
     _, outdir = default_eval
+    _, val_labels = data
     with open(outdir / "per_image.csv") as f:
         mious = {row["image"]: float(row["miou"]) for row in csv.DictReader(f)}
     ranked = sorted(mious, key=lambda name: (mious[name], name))
     drawn = sorted(os.listdir(outdir / "viz" / "worst"))
     assert drawn == [f"{rank:02d}_{name}" for rank, name in enumerate(ranked, start=1)]  # 5 < 8
-    width, height = Image.open(outdir / "viz" / "worst" / drawn[0]).size
-    assert width > height
+    # The worst picture is that image's: its prediction's and truth's classes, no other.
+    worst = ranked[0]
+    _assert_shows_the_classes_of(np.array(Image.open(outdir / "viz" / "worst" / drawn[0])
+                                          .convert("RGB")),
+                                 np.array(Image.open(outdir / "predictions" / worst)),
+                                 val_labels[worst])
 
 
 @pytest.mark.slow  # uses the trained run
@@ -231,6 +236,17 @@ def _pixels_of(picture, color, tolerance=0):
     return int(np.sum(np.all(np.abs(picture[..., :3].astype(int) - color) <= tolerance, axis=-1)))
 
 
+def _assert_shows_the_classes_of(picture, prediction, label):
+    """`picture` (image | prediction | truth with a legend) shows exactly the classes of
+    `prediction` and `label` in the dataset's colours, and the void colour."""
+    shown = {int(c) for c in np.unique(prediction)} | {int(c) for c in np.unique(label)}
+    # background is black, like the text: count the other classes, and the void row
+    for class_id, color in enumerate(shapes.CLASS_COLORS[1:], start=1):
+        drawn = _pixels_of(picture, color) >= 30  # a legend swatch alone is more
+        assert drawn == (class_id in shown), shapes.CLASS_NAMES[class_id]
+    assert _pixels_of(picture, IGNORE_COLOR) >= 30
+
+
 @pytest.mark.slow  # uses the trained run
 def test_pictures_of_the_chosen_images_and_the_confusion_heat_map(default_eval, data):
     """Each picture shows the classes of its prediction and truth in the dataset's colours
@@ -239,14 +255,9 @@ def test_pictures_of_the_chosen_images_and_the_confusion_heat_map(default_eval, 
     _, val_labels = data
     assert sorted(os.listdir(outdir / "viz")) == ["val_01.png", "val_02.png", "worst"]  # --first2viz 1 --last2viz 3
     for name in ("val_01.png", "val_02.png"):
-        picture = np.array(Image.open(outdir / "viz" / name).convert("RGB"))
-        prediction = np.array(Image.open(outdir / "predictions" / name))
-        shown = {int(c) for c in np.unique(prediction)} | {int(c) for c in np.unique(val_labels[name])}
-        # background is black, like the text: count the other classes, and the void row
-        for class_id, color in enumerate(shapes.CLASS_COLORS[1:], start=1):
-            drawn = _pixels_of(picture, color) >= 30  # a legend swatch alone is more
-            assert drawn == (class_id in shown), (name, shapes.CLASS_NAMES[class_id])
-        assert _pixels_of(picture, IGNORE_COLOR) >= 30
+        _assert_shows_the_classes_of(np.array(Image.open(outdir / "viz" / name).convert("RGB")),
+                                     np.array(Image.open(outdir / "predictions" / name)),
+                                     val_labels[name])
 
     with open(outdir / "confusion.csv") as f:
         conf = np.array([[int(value) for value in row[1:]] for row in list(csv.reader(f))[1:]])
@@ -304,10 +315,16 @@ def test_images_and_video_are_segmented_at_their_own_size(run_dir, tmp_path, cap
     outdir = tmp_path / "out"
     assert run_fcn_test("--traindir", run_dir, "--imagepath", photos, "--moviepath", video,
                         "--outdir", outdir, "--scales", 1, 0.75, "--flip") == 0
-    for stem, (height, width) in (("a", (47, 83)), ("b", (60, 31))):
-        for kind in ("prediction", "overlay"):
-            picture = Image.open(outdir / f"{stem}_{kind}.png")
-            assert picture.size == (width, height) and picture.mode == "RGB"
+    class_colours = np.array(shapes.CLASS_COLORS)
+    for stem, source in (("a", photos / "a.png"), ("b", photos / "b.jpg")):
+        image = read_rgb(str(source))
+        prediction = np.array(Image.open(outdir / f"{stem}_prediction.png"))
+        # At the photo's own size, every pixel a class colour, and the overlay is the
+        # photo blended with exactly that prediction.
+        assert prediction.shape == image.shape
+        assert np.all((prediction[:, :, None, :] == class_colours).all(-1).any(-1))
+        np.testing.assert_array_equal(np.array(Image.open(outdir / f"{stem}_overlay.png")),
+                                      overlay(image, prediction))
     assert _count_frames(outdir / "clip_overlay.mp4") == (VIDEO_FRAMES, VIDEO_SIZE)
     assert re.search(r"segmented 7 frames .* \d+\.\d fps", capsys.readouterr().out)
 

@@ -20,7 +20,7 @@ import pytest
 import fcn_arch
 import fcn_train
 from everyday import everyday_or_slow
-from utils import files, shapes, training, training_loop
+from utils import files, run_settings, shapes, training, training_loop
 from utils.augmentation import AugmentParams
 from utils.datasets import DatasetSpec, write_dataset_meta
 from utils.errors import run_main
@@ -148,7 +148,7 @@ def test_runargs_hold_the_resolved_settings_fcn_test_needs(two_runs, datapath):
         trainable_upsampling=False, dataset=DATASET)
     assert "resume" not in runargs
     # The step plan, so a resume keeps the schedule whatever the defaults or the data become.
-    assert {k: runargs[k] for k in training_loop.PLAN_KEYS} == dict(
+    assert {k: runargs[k] for k in run_settings.PLAN_KEYS} == dict(
         train_images=NUM_IMAGES["train"], batch_size=BATCH_SIZE,
         steps_per_epoch=STEPS_PER_EPOCH, total_steps=TWO_RUNS_STEPS,
         lr_drop_steps=[round(TWO_RUNS_STEPS * (1 - training.ANNEAL_FRACTION))],  # the default
@@ -402,11 +402,27 @@ def restored_values(run_checkpoint, num_classes, **decoder):
             return sess.run({v.op.name: v for v in tf.global_variables()}), note
 
 
-def test_run_restorer_takes_the_encoder_and_a_matching_decoder(two_runs):
-    checkpoint = run_folders(two_runs[0])[0] / f"fcn.ckpt_{TWO_RUNS_EVERY}"
+def saved_run_checkpoint(path, num_classes, **decoder):
+    """A run-like checkpoint at `path` without training: a mobilenet_v1 FCN's random weights,
+    batch-norm statistics moved off their initial values, and a global step."""
+    with tf.Graph().as_default():
+        arch = fcn_arch.FcnArch(num_classes, is_training=False, net="mobilenet_v1", **decoder)
+        arch.build_net(tf.placeholder(tf.float32, [1, IMAGE_SIZE_PX, IMAGE_SIZE_PX, 3]))
+        tf.train.get_or_create_global_step()
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            for variable in tf.global_variables():
+                if variable.op.name.endswith("moving_variance"):
+                    variable.load(np.full(variable.shape, 0.5, np.float32), sess)
+            tf.train.Saver().save(sess, str(path), write_meta_graph=False)
+    return path
+
+
+def test_run_restorer_takes_the_encoder_and_a_matching_decoder(tmp_path):
+    num_classes = len(shapes.CLASS_NAMES)
+    checkpoint = saved_run_checkpoint(tmp_path / "fcn.ckpt_7", num_classes, fcn16=True)
     stored = dict(tf.train.list_variables(str(checkpoint)))
     encoder_weight, decoder_weight = "MobilenetV1/Conv2d_0/weights", "decoder/score_32s/weights"
-    num_classes = len(shapes.CLASS_NAMES)
     values, note = restored_values(checkpoint, num_classes, fcn16=True)
     assert note == "restored"
     for name in (encoder_weight, "MobilenetV1/Conv2d_0/BatchNorm/moving_variance",

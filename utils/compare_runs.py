@@ -30,7 +30,7 @@ from utils.evaluation import (Drawing, default_outdir, evaluate_split, percent, 
                               read_results)
 from utils.inference import (CONFIDENCE_LEVEL, difference_verdict,  # noqa: E402
                              paired_bootstrap_miou_difference)
-from utils.prediction import TrainedRun, check_split  # noqa: E402
+from utils.prediction import PIXELS_AS_TRAINED, TrainedRun, check_split  # noqa: E402
 
 # runargs that say where or how often, not what is trained: two runs differing
 # only in these (and the seed) follow one recipe.
@@ -61,7 +61,7 @@ def score_run(label, traindir, split, afteriter, datapath, batch_size):
     """RunScores of one run, reusing fcn_test's outputs when they match."""
     run = TrainedRun(traindir, datapath)
     checkpoint = run.checkpoint(afteriter)
-    plan = run.inference_plan()
+    plan = run.inference_plan(run.eval_pixels(PIXELS_AS_TRAINED))
     spec = run.dataset()
     check_split(spec, run.datapath, split)
     outdir = default_outdir(traindir, split, checkpoint.step, plan)

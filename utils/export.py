@@ -475,7 +475,7 @@ def export_pixels(run, format_name, pixels):
     pixels = run.eval_pixels(pixels)
     if FORMATS[format_name].fixed_size and pixels == 0:
         raise SegMentorError(f"{format_name} has a fixed input size: pass --pixels > 0, or -1 "
-                             f"for the run's ({run.runargs['pixels']})")
+                             f"for the run's ({run.settings.pixels})")
     return pixels
 
 
@@ -540,17 +540,16 @@ def _judge(result, quantization, format_name, quantize):
 
 
 def _metadata(run, checkpoint, spec, format_name, quantize, pixels):
-    runargs = run.runargs
+    settings = run.settings
     return dict(
         format=format_name, quantize=quantize, pixels=pixels, pad_rgb=list(run.pad_rgb),
         io=FORMATS[format_name].input_description,
         class_names=list(spec.class_names), colors=[list(color) for color in spec.colors],
         ignore_label=IGNORE_LABEL, dataset=spec.name,
         datapath=os.path.abspath(run.datapath) if run.datapath else None,
-        basenet=runargs["basenet"],
-        architecture={key: runargs[key] for key in sorted(runargs)
-                      if key in ("extended_arch", "fcn16", "fcn8", "fcn4", "decoder",
-                                 "output_stride", "trainable_upsampling")},
+        basenet=settings.basenet,
+        architecture={key: getattr(settings, key) for key in sorted((
+            "extended_arch", "fcn16", "fcn8", "fcn4", "output_stride", "trainable_upsampling"))},
         traindir=os.path.abspath(run.traindir), checkpoint=os.path.basename(checkpoint.prefix),
         step=checkpoint.step)
 
@@ -634,12 +633,14 @@ class ExportedRun:
         return Checkpoint(self.path, self.model.metadata.get("step"))
 
     def eval_pixels(self, pixels=PIXELS_AS_TRAINED):
-        """The size the export runs the network at (chosen when it was exported)."""
+        """The size the export runs the network at (chosen when it was exported, whatever
+        `pixels` asks: fcn_test refuses --pixels with --model)."""
         return self.model.metadata["pixels"]
 
-    def inference_plan(self, pixels=PIXELS_AS_TRAINED, scales=(1.0,), flip=False, tile=None,
+    def inference_plan(self, pixels, scales=(1.0,), flip=False, tile=None,
                        overlap=DEFAULT_OVERLAP):
-        """InferencePlan feeding the export as it expects: a SavedModel sizes images inside
+        """InferencePlan feeding the export as it expects (`pixels`, as eval_pixels gives
+        it, is the export's own): a SavedModel sizes images inside
         (plan at native size), a TFLite model takes them sized to its P x P. Scales and
         windows need a network that runs at any size: a SavedModel exported with --pixels 0.
         """

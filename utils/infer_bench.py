@@ -99,9 +99,9 @@ def images_per_sec(networks, inputs):
             for name in networks}
 
 
-def bench_inputs(spec, datapath, pixels, count):
+def bench_inputs(spec, datapath, pixels, pad_rgb, count):
     """`count` sized training images [1, P, P, 3] float32 (the calibration images, cycled)."""
-    calibration = list(representative_images(spec, datapath, pixels)())
+    calibration = list(representative_images(spec, datapath, pixels, pad_rgb)())
     return [calibration[index % len(calibration)][0] for index in range(count)]
 
 
@@ -131,9 +131,9 @@ def main(args):
     spec = run.dataset()
     pixels = export_pixels(run, "tflite", PIXELS_AS_TRAINED if args.pixels is None
                            else args.pixels)
-    inputs = bench_inputs(spec, run.datapath, pixels, args.images)
+    inputs = bench_inputs(spec, run.datapath, pixels, run.pad_rgb, args.images)
     uint8_inputs = [np.clip(np.rint(sized[0]), 0, 255).astype(np.uint8) for sized in inputs]
-    calibration = representative_images(spec, run.datapath, pixels)
+    calibration = representative_images(spec, run.datapath, pixels, run.pad_rgb)
 
     rows, cpu_rows = {}, {}  # name -> {threads: images/s by wall clock, by CPU time}
     with tempfile.TemporaryDirectory(prefix="infer_bench_") as folder:
@@ -163,7 +163,7 @@ def main(args):
                     if hasattr(network, "close"):
                         network.close()
 
-    print(f"\n{run.runargs['basenet']} ({os.path.basename(os.path.normpath(args.traindir))}), "
+    print(f"\n{run.settings.basenet} ({os.path.basename(os.path.normpath(args.traindir))}), "
           f"{pixels}x{pixels}, batch 1, {args.images} images, {machine_description()}\n")
     print("| model | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} img/s"
                                     for t in args.threads)

@@ -5,7 +5,8 @@ image's own resolution.
     run = TrainedRun(traindir, datapath=None)   # runargs + checkpoints checked now
     checkpoint = run.checkpoint(afteriter)      # newest intact one, or snapshot fcn.ckpt_<afteriter>
     checkpoint = run.checkpoint(best=True)      # fcn.ckpt_best of a --keep_best run
-    plan = run.inference_plan(pixels=-1, scales=(1,), flip=False, tile=None)   # InferencePlan
+    pixels = run.eval_pixels(-1)                # --pixels resolved: as trained
+    plan = run.inference_plan(pixels, scales=(1,), flip=False, tile=None)   # InferencePlan
     with run.predictor(checkpoint) as predictor:                  # NetworkPredictor
         scores = score_split(predictor, spec, datapath, 'val', plan,
                              on_image=save)    # ScoreAccumulator
@@ -26,7 +27,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from fcn_arch import arch_from_runargs, pad_rgb
+from fcn_arch import arch_from_settings, pad_rgb
 from utils.checkpoints import (BEST_NAME, LATEST_NAME, Checkpoint, checkpoint_candidates,
                                pick_checkpoint, saved_step)
 from utils.datasets import how_to_make, load_dataset, num_records, record_path
@@ -34,20 +35,19 @@ from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError, first_line
 from utils.feeder import make_split_dataset
 from utils.inference import ScoreAccumulator
-from utils.run_folder import RUNARGS_FILE, read_runargs
+from utils.run_folder import read_runargs
+from utils.run_settings import saved_run_settings
 from utils.tf_records import records_errors
 from utils.tfcompat import session_config, tf
 from utils.tta import DEFAULT_OVERLAP, InferencePlan
 
 # --pixels value meaning "the size the run was trained at" (0 means native size).
 PIXELS_AS_TRAINED = -1
-# runargs keys without a default: what the network and the data are (arch_from_runargs
-# defaults the decoder and the other settings).
-REQUIRED_RUNARGS = ("basenet", "dataset", "pixels")
 
 
 class TrainedRun:
-    """A run folder made by fcn_train.py: its settings and its checkpoints.
+    """A run folder made by fcn_train.py: its settings (`settings`, a RunSettings;
+    `runargs`, the file as saved) and its checkpoints.
 
     Raises SegMentorError at once for a missing folder, missing, damaged or
     incomplete runargs, or a folder without any checkpoint. `datapath`
@@ -60,10 +60,7 @@ class TrainedRun:
                                  f"tmp/<run> as made by fcn_train.py")
         self.traindir = traindir
         self.runargs = read_runargs(traindir)
-        missing = [key for key in REQUIRED_RUNARGS if key not in self.runargs]
-        if missing:
-            raise SegMentorError(f"{os.path.join(traindir, RUNARGS_FILE)} lacks {', '.join(missing)}; "
-                                 f"the run folder is damaged or not made by fcn_train.py")
+        self.settings = saved_run_settings(self.runargs, traindir)
         self.datapath = datapath or self.runargs.get("datapath")
         self._datapath_given = datapath is not None
         self._spec = None
@@ -93,7 +90,7 @@ class TrainedRun:
         """DatasetSpec of the dataset the run was trained on (loaded once)."""
         if self._spec is None:
             try:
-                self._spec = load_dataset(self.runargs["dataset"], self.datapath)
+                self._spec = load_dataset(self.settings.dataset, self.datapath)
             except SegMentorError as err:
                 if self._datapath_given:
                     raise
@@ -102,25 +99,26 @@ class TrainedRun:
         return self._spec
 
     def eval_pixels(self, pixels):
-        """Network input size for --pixels: -1 as trained, 0 native, > 0 that size."""
+        """Network input size for --pixels: -1 as trained, 0 native, > 0 that size.
+        The one place --pixels is resolved; a command resolves it once."""
         if pixels == PIXELS_AS_TRAINED:
-            return int(self.runargs["pixels"])
+            return int(self.settings.pixels)
         if pixels < PIXELS_AS_TRAINED:
             raise SegMentorError(f"--pixels must be -1 (as trained), 0 (native size) or a size > 0; "
                                  f"got {pixels}")
         return pixels
 
-    def inference_plan(self, pixels=PIXELS_AS_TRAINED, scales=(1.0,), flip=False, tile=None,
+    def inference_plan(self, pixels, scales=(1.0,), flip=False, tile=None,
                        overlap=DEFAULT_OVERLAP):
-        """InferencePlan with --pixels resolved for this run (see eval_pixels)."""
-        return InferencePlan(pixels=self.eval_pixels(pixels), scales=tuple(scales), flip=flip,
+        """InferencePlan for this run at `pixels`, already resolved by eval_pixels."""
+        return InferencePlan(pixels=pixels, scales=tuple(scales), flip=flip,
                              tile=tuple(tile) if tile else None, overlap=overlap,
                              pad_rgb=self.pad_rgb)
 
     @property
     def pad_rgb(self):
         """The colour this run's inputs are padded with (zero after its preprocessing)."""
-        return pad_rgb(self.runargs["basenet"])
+        return pad_rgb(self.settings.basenet)
 
     def predictor(self, checkpoint):
         """NetworkPredictor of this run's network at `checkpoint` (close it, or use `with`)."""
@@ -128,7 +126,7 @@ class TrainedRun:
 
     def build_logits(self, images, num_classes):
         """Eval tower (is_training=False) of the run's network: logits [B, H, W, C]."""
-        return arch_from_runargs(self.runargs, num_classes, is_training=False).build_net(images)
+        return arch_from_settings(self.settings, num_classes, is_training=False).build_net(images)
 
 
 def _warn_skipped(prefix, reason):

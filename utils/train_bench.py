@@ -29,7 +29,6 @@ import os
 import platform
 import sys
 import time
-import types
 
 from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402
@@ -39,6 +38,7 @@ from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  
 from utils.datasets import DATASETS, DEFAULT_DATAPATH, load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
+from utils.run_settings import RunSettings  # noqa: E402
 
 DECODER = "fcn16"
 BENCH_DATASET = "camvid"          # its class count sizes the score layers; its records feed
@@ -147,13 +147,9 @@ def constant_batch(batch_size, pixels, num_classes, seed=0):
 def bench_settings(net, xla=False):
     """The settings of an fcn_train.py run of `net` with FCN16 and every other default
     (XLA JIT of the towers with `xla`)."""
-    return types.SimpleNamespace(
-        basenet=net, **fcn_arch.decoder_flags(DECODER), extended_arch="fcn",
-        trainable_upsampling=False, weight_decay=None,
-        batch_norm_decay=training.batch_norm_decay_for(net), class_weighting="none",
-        optimizer=training.DEFAULT_OPTIMIZER, learnrate=LEARNRATE,
-        momentum=training.DEFAULT_MOMENTUM, epsilon=training.DEFAULT_EPSILON, difflr=False,
-        lr_policy="step", warmup_steps=0, xla=xla)
+    return RunSettings(basenet=net, **fcn_arch.decoder_flags(DECODER),
+                       batch_norm_decay=training.batch_norm_decay_for(net), learnrate=LEARNRATE,
+                       xla=xla)
 
 
 def training_graph(net, spec, images, labels, xla=False):

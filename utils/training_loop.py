@@ -8,9 +8,8 @@
     finish(run_dir, log, loop.step, plan.total_steps, signal_name, clock)
     interrupted_line(signal_name, run_dir)     # what a signal outside the loop leaves
 
-`settings` is a run's resolved settings with attribute access (the keys of its
-runargs: basenet, learnrate, optimizer, ...), passed in by fcn_train.py; nothing
-here parses or reads flags. utils/train_bench.py times this same graph and the
+`settings` is a run's utils.run_settings.RunSettings (basenet, learnrate,
+optimizer, ...), passed in by fcn_train.py; nothing here parses or reads flags. utils/train_bench.py times this same graph and the
 same per-step fetches.
 """
 import collections
@@ -34,7 +33,8 @@ from utils.labels import IGNORE_LABEL  # noqa: E402
 from utils.errors import SegMentorError  # noqa: E402
 from utils.files import disk_full_errors, is_disk_full  # noqa: E402
 from utils.inference import segmentation_metrics  # noqa: E402
-from utils.run_folder import RUNLOG_FILE, parse_runlog, read_runargs  # noqa: E402
+from utils.run_folder import RUNLOG_FILE, parse_runlog  # noqa: E402
+from utils.run_settings import StepPlan, read_run_settings  # noqa: E402
 from utils.visualization import colorize_labels_tf  # noqa: E402
 
 # Snapshots by default: this many over the run (a quarter of it apart), so disk use is
@@ -49,27 +49,6 @@ MIN_DEFAULT_EVERY_STEPS = 25
 
 
 # --- The step plan -----------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class StepPlan:
-    """Step counts of a run. Fixed when the run starts and saved in its runargs
-    (under these names), so a resumed run keeps its length and lr schedule."""
-    train_images: int           # training images the plan was made for
-    batch_size: int
-    steps_per_epoch: int
-    total_steps: int
-    lr_drop_steps: tuple        # global steps from which the learning rate is lower
-    log_every: int
-    val_every: int
-    save_every: int
-    snapshot_every: int
-
-    def as_runargs(self):
-        return dict(dataclasses.asdict(self), lr_drop_steps=list(self.lr_drop_steps))
-
-
-PLAN_KEYS = tuple(field.name for field in dataclasses.fields(StepPlan))
-
 
 def _lr_schedule_name(settings):
     """The LR_SCHEDULES entry of the step policy's drops; poly and cosine have none."""
@@ -107,8 +86,7 @@ def make_plan(settings, num_train_images):
 def resumed_plan(settings, num_train_images, run_dir):
     """The StepPlan saved with a resumed run; SegMentorError if its training set changed size
     (the data stream, epochs and schedule would no longer match the run's first part)."""
-    plan = StepPlan(**{key: getattr(settings, key) for key in PLAN_KEYS})
-    plan = dataclasses.replace(plan, lr_drop_steps=tuple(plan.lr_drop_steps))
+    plan = settings.plan
     if num_train_images != plan.train_images:
         raise SegMentorError(
             f"dataset {settings.dataset} now has {num_train_images} training images, but "
@@ -160,9 +138,8 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
     settings.warmup_steps over the plan's `total_steps` and `lr_drop_steps`; each tower
     with its loss is XLA-compiled when settings.xla.
     """
-    runargs = vars(settings)
-    train_arch = fcn_arch.arch_from_runargs(runargs, spec.num_classes, is_training=True)
-    eval_arch = fcn_arch.arch_from_runargs(runargs, spec.num_classes, is_training=False)
+    train_arch = fcn_arch.arch_from_settings(settings, spec.num_classes, is_training=True)
+    eval_arch = fcn_arch.arch_from_settings(settings, spec.num_classes, is_training=False)
     weights = training.class_weights(settings.class_weighting, spec)
     with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
         with xla_scope(settings.xla):
@@ -231,7 +208,7 @@ def start_weights(settings, arch, init_from=None):
     for --init_from), else the encoder's ImageNet checkpoint in --modelspath, else
     (--scratch) random. Every check happens now, before anything is written."""
     if init_from:
-        trained_with = read_runargs(settings.init_from).get("basenet")
+        trained_with = read_run_settings(settings.init_from).basenet
         if trained_with != arch.net:
             raise SegMentorError(f"{settings.init_from} was trained with --basenet "
                                  f"{trained_with}, not {arch.net}: pass --basenet "

@@ -27,7 +27,7 @@ from utils.tf_records import RecordWriter, encode_label_png
 
 # ---- Parameters (the lead tunes these; any change regenerates the records) ----
 IMAGE_SIZE_PX = 128            # native (square) size; also the training --pixels default
-# Sized with fcn_train.py's defaults (DEFAULT_EPOCHS x NUM_TRAIN_IMAGES / DEFAULT_BATCH_SIZE
+# Sized with fcn_train.py's defaults (RunSettings epochs x NUM_TRAIN_IMAGES / batch_size
 # steps at SCRATCH_LEARNRATE): enough for a from-scratch MobileNetV1-FCN16 to pass val
 # mIoU 0.8 in a few minutes on 2 CPU cores. Retune those together.
 NUM_TRAIN_IMAGES = 2000
