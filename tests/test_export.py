@@ -202,6 +202,7 @@ print(json.dumps(dict(classes_dtype=out["classes"].dtype.name,
 """
 
 
+@pytest.mark.slow  # a fresh interpreter loading TensorFlow
 def test_savedmodel_runs_in_plain_tensorflow_without_the_project(savedmodel, tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-I", "-c", STANDALONE_LOADER, str(savedmodel)],

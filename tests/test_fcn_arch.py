@@ -34,18 +34,20 @@ def test_logits_keep_input_size_and_skips_start_at_zero(net, arch_name):
     """
     rng = np.random.RandomState(0)
     with tf.Graph().as_default():
-        inputs = {size: tf.placeholder(tf.float32, [2, None, None, 3]) for size in SIZES}
+        # One tower per decoder on an input of unknown size, run at each size.
+        images = tf.placeholder(tf.float32, [2, None, None, 3])
         logits = {}
         with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
             for decoder in DECODERS:
-                for size in SIZES:
-                    arch = ARCHS[arch_name](NUM_CLASSES, is_training=False, net=net,
-                                            **decoder_flags(decoder))
-                    logits[decoder, size] = arch.build_net(inputs[size])
+                arch = ARCHS[arch_name](NUM_CLASSES, is_training=False, net=net,
+                                        **decoder_flags(decoder))
+                logits[decoder] = arch.build_net(images)
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
-            feed = {inputs[size]: rng.uniform(0, 255, (2,) + size + (3,)) for size in SIZES}
-            values = sess.run(logits, feed)
+            values = {}
+            for size in SIZES:
+                at_size = sess.run(logits, {images: rng.uniform(0, 255, (2,) + size + (3,))})
+                values.update({(decoder, size): value for decoder, value in at_size.items()})
     for (decoder, size), value in values.items():
         assert value.shape == (2,) + size + (NUM_CLASSES,), (decoder, size)
         assert np.all(np.isfinite(value))

@@ -418,9 +418,23 @@ def saved_run_checkpoint(path, num_classes, **decoder):
     return path
 
 
-def test_run_restorer_takes_the_encoder_and_a_matching_decoder(tmp_path):
+@pytest.fixture(scope="module")
+def source_run(datapath, tmp_path_factory):
+    """A run folder to start from, made without training: runargs of a mobilenet_v1 FCN16 on
+    the tiny dataset, fcn.ckpt and two snapshots (steps TWO_RUNS_EVERY, TWO_RUNS_STEPS)."""
+    run_dir = tmp_path_factory.mktemp("source_run")
+    write_runargs(run_dir, dict(basenet="mobilenet_v1", fcn16=True, dataset=DATASET,
+                                datapath=str(datapath), pixels=IMAGE_SIZE_PX))
+    saved_run_checkpoint(run_dir / "fcn.ckpt", len(shapes.CLASS_NAMES), fcn16=True)
+    for step in (TWO_RUNS_EVERY, TWO_RUNS_STEPS):
+        for path in run_dir.glob("fcn.ckpt.*"):
+            os.link(path, run_dir / path.name.replace("fcn.ckpt", f"fcn.ckpt_{step}"))
+    return run_dir
+
+
+def test_run_restorer_takes_the_encoder_and_a_matching_decoder(source_run):
     num_classes = len(shapes.CLASS_NAMES)
-    checkpoint = saved_run_checkpoint(tmp_path / "fcn.ckpt_7", num_classes, fcn16=True)
+    checkpoint = source_run / f"fcn.ckpt_{TWO_RUNS_EVERY}"
     stored = dict(tf.train.list_variables(str(checkpoint)))
     encoder_weight, decoder_weight = "MobilenetV1/Conv2d_0/weights", "decoder/score_32s/weights"
     values, note = restored_values(checkpoint, num_classes, fcn16=True)
@@ -465,8 +479,8 @@ def test_init_from_records_where_the_weights_came_from(two_runs, datapath, tmp_p
     assert describe_start_weights(scratch_runargs) == "weights started from scratch (random)"
 
 
-def test_init_from_errors_are_one_line(two_runs, datapath, tmp_path, capsys):
-    source = run_folders(two_runs[0])[0]
+def test_init_from_errors_are_one_line(source_run, datapath, tmp_path, capsys):
+    source = source_run
     other_net = tmp_path / "other_net"
     other_net.mkdir()
     for path in source.glob("fcn.ckpt.*"):
@@ -586,8 +600,14 @@ def test_the_training_graph_builds_with_every_option():
 @pytest.mark.parametrize("arch", list(fcn_arch.ARCHS))
 def test_weight_decay_reaches_every_decoder_convolution(arch):
     fcn_flags = ["--fcn8"] if arch in fcn_arch.FCN_FAMILY else []  # the others tap their own
-    graph, _ = build_training_graph("--basenet", "mobilenet_v1", *fcn_flags, "--extended_arch",
-                                    arch, "--weight_decay", "0.001", "--scratch")
+    # The train tower alone, as build_graph makes it from fcn_train's settings: the optimizer
+    # and the eval tower add no regularizer, only graph-building time.
+    settings = fcn_train.run_settings(fcn_train.build_parser().parse_args(
+        ["--basenet", "mobilenet_v1", *fcn_flags, "--extended_arch", arch,
+         "--weight_decay", "0.001", "--scratch"]))
+    with tf.Graph().as_default() as graph:
+        fcn_arch.arch_from_settings(settings, len(GRAPH_SPEC.class_names), is_training=True
+                                    ).build_net(tf.placeholder(tf.float32, [1, 64, 64, 3]))
     decoder_convs = {v.op.name.rsplit("/", 1)[0]
                      for v in graph.get_collection(tf.GraphKeys.TRAINABLE_VARIABLES)
                      if v.op.name.startswith(fcn_arch.DECODER_SCOPE + "/")

@@ -18,6 +18,7 @@ from utils import checkpoints, files, inference, run_folder, training, training_
 from utils.datasets import DatasetSpec
 from utils.labels import IGNORE_LABEL
 from utils.errors import SegMentorError
+from utils.run_settings import RunSettings
 from utils.tfcompat import tf
 
 DATE = datetime.date(2024, 1, 31)
@@ -701,10 +702,8 @@ def test_batch_norm_decay_is_the_default_for_nets_with_batch_norm_only():
 
 
 def plan_settings(**changes):
-    settings = dict(batch_size=4, epochs=3, lr_schedule=None, decaylr=True, constantlr=False,
-                    lr_policy="step", warmup_steps=0, log_every=1,
-                    val_every=None, save_every=None, snapshot_every=None, dataset="toy")
-    return SimpleNamespace(**{**settings, **changes})
+    return RunSettings(**{**dict(batch_size=4, epochs=3, decaylr=True, log_every=1,
+                                 dataset="toy"), **changes})
 
 
 def test_the_step_plan_round_trips_through_runargs():
@@ -714,7 +713,8 @@ def test_the_step_plan_round_trips_through_runargs():
     assert (plan.val_every, plan.save_every, plan.snapshot_every) == (
         training_loop.MIN_DEFAULT_EVERY_STEPS, training_loop.MIN_DEFAULT_EVERY_STEPS, 3)
     saved = json.loads(json.dumps(plan.as_runargs()))  # as runargs holds it
-    assert training_loop.resumed_plan(SimpleNamespace(**saved, dataset="toy"), 10, "run") == plan
+    resumed = RunSettings.from_runargs(dict(saved, dataset="toy"))
+    assert training_loop.resumed_plan(resumed, 10, "run") == plan
 
 
 def test_validation_and_saves_default_to_once_an_epoch():
@@ -729,7 +729,8 @@ def test_validation_and_saves_default_to_once_an_epoch():
 def test_resuming_on_a_training_set_of_another_size_is_a_user_error():
     saved = training_loop.make_plan(plan_settings(), num_train_images=10).as_runargs()
     with pytest.raises(SegMentorError, match="now has 12 training images.*planned for 10"):
-        training_loop.resumed_plan(SimpleNamespace(**saved, dataset="toy"), 12, "run")
+        training_loop.resumed_plan(RunSettings.from_runargs(dict(saved, dataset="toy")), 12,
+                                   "run")
 
 
 def test_a_full_disk_under_the_event_writer_thread_is_reported_once(tmp_path, capfd):
