@@ -15,7 +15,6 @@ utils/run_folder.py.
 import argparse
 import signal
 import sys
-import time
 
 from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402

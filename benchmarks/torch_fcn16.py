@@ -11,12 +11,15 @@ bilinear x2, sum, bilinear to the input size, pixel cross-entropy ignoring label
 Adam; a constant random batch in memory. torch is imported only in main(), so the
 comparison script can read BACKBONES without it (seg-mentor never imports PyTorch).
 """
+if __package__ in (None, ""):  # run as `python benchmarks/...`: find `utils` at the repo root
+    import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import sys
 import time
 
-IGNORE_LABEL = 255
+from utils.labels import IGNORE_LABEL  # plain Python: no TensorFlow in PyTorch's process
 LEARNRATE = 1e-4  # as utils/train_bench.py: small, so timed steps never diverge
 
 
