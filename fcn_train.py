@@ -384,9 +384,9 @@ def train(args, run_folder):
     # Another run's checkpoint, picked now so a missing one fails before any work.
     init_from = (pick_checkpoint(settings.init_from, settings.afteriter)
                  if settings.init_from and not resume_from else None)
-    if resume_from and resume_from.step >= settings.total_steps:
+    if resume_from and resume_from.step >= settings.plan.total_steps:
         print(f"{settings.resume} already finished at step {resume_from.step} of "
-              f"{settings.total_steps}: nothing to resume")
+              f"{settings.plan.total_steps}: nothing to resume")
         return
 
     with tf.Graph().as_default():
