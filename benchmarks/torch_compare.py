@@ -25,8 +25,8 @@ from benchmarks.torch_fcn16 import BACKBONES  # noqa: E402  (imports no torch)
 from utils.cli import CheckedArgumentParser, bounded  # noqa: E402
 from utils.datasets import DATASETS  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
-from utils.train_bench import (BENCH_DATASET, WARMUP_STEPS, constant_batch,  # noqa: E402
-                               machine_description, timed_runs, training_graph)
+from utils.train_bench import (BENCH_DATASET, WARMUP_STEPS, add_step_timing_flags,  # noqa: E402
+                               constant_batch, machine_description, timed_runs, training_graph)
 
 TORCH_PYTHON_ENV = "SEGMENTOR_TORCH_PYTHON"
 TORCH_WORKER = Path(__file__).resolve().with_name("torch_fcn16.py")
@@ -101,15 +101,7 @@ def build_parser():
         description="Training img/s of seg-mentor's FCN16 step (TensorFlow graph) against the "
                     "same step in PyTorch eager with torchvision backbones, taking turns; "
                     f"PyTorch runs in its own process, with ${TORCH_PYTHON_ENV}.")
-    parser.add_argument("--nets", nargs="+", choices=list(BACKBONES), default=list(BACKBONES),
-                        help="feature extractors to compare (default: all)")
-    parser.add_argument("--pixels", type=positive_int, default=256,
-                        help="square input side (default: %(default)s)")
-    parser.add_argument("--batch_size", type=positive_int, default=8,
-                        help="images per step (default: %(default)s)")
-    parser.add_argument("--steps", type=positive_int, default=10,
-                        help=f"timed steps per measurement, after {WARMUP_STEPS} warm-up ones "
-                             f"(default: %(default)s)")
+    add_step_timing_flags(parser, BACKBONES, pixels=256, batch_size=8, steps=10)
     parser.add_argument("--rounds", type=positive_int, default=2,
                         help="turns of each side per net (default: %(default)s)")
     return parser

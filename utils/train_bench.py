@@ -190,22 +190,28 @@ def bench_input_pipeline(net, spec, datapath, pixels, batch_size, num_steps):
     return tuple(step_secs)
 
 
+def add_step_timing_flags(parser, nets, pixels, batch_size, steps):
+    """--nets, --pixels, --batch_size and --steps with these defaults: what every
+    benchmark timing fcn_train.py's step on a constant batch takes."""
+    parser.add_argument("--nets", nargs="+", choices=list(nets), default=list(nets),
+                        help="feature extractors to time (default: all)")
+    parser.add_argument("--pixels", type=positive_int, default=pixels,
+                        help="square input side (default: %(default)s)")
+    parser.add_argument("--batch_size", type=positive_int, default=batch_size,
+                        help="images per step (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=steps,
+                        help=f"timed steps per measurement, after {WARMUP_STEPS} warm-up ones "
+                             f"(default: %(default)s)")
+
+
 def build_parser():
     parser = CheckedArgumentParser(
         description=f"Training and inference images/s of every feature extractor with "
                     f"{DECODER.upper()}, as GFLOP/s against a float32 peak (the best of large "
                     f"matmuls and convolutions); with "
                     f"CamVid records, the input pipeline's cost too.")
-    parser.add_argument("--nets", nargs="+", choices=list(fcn_arch.FEATURE_EXTRACTORS),
-                        default=list(fcn_arch.FEATURE_EXTRACTORS),
-                        help="feature extractors to time (default: all)")
-    parser.add_argument("--pixels", type=positive_int, default=512,
-                        help="square input side (default: %(default)s)")
-    parser.add_argument("--batch_size", type=positive_int, default=16,
-                        help="images per step (default: %(default)s)")
-    parser.add_argument("--steps", type=positive_int, default=20,
-                        help=f"timed steps per measurement, after {WARMUP_STEPS} warm-up ones "
-                             f"(default: %(default)s)")
+    add_step_timing_flags(parser, fcn_arch.FEATURE_EXTRACTORS, pixels=512, batch_size=16,
+                          steps=20)
     parser.add_argument("--datapath", default=DEFAULT_DATAPATH,
                         help=f"folder holding {BENCH_DATASET}/*.tfrecords for the input-pipeline "
                              f"comparison (default: %(default)s; skipped when absent)")
