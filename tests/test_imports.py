@@ -117,11 +117,18 @@ def test_the_networks_import_nothing_from_the_data_side():
     assert {name: data for name, data in found.items() if data} == {}
 
 
-@pytest.fixture(scope="module")
-def fresh_interpreter_imports():
-    """In one fresh interpreter: which drawing libraries the non-drawing modules load, then
-    whether every project module imports."""
-    probe = f"""
+PROBE_TIMEOUT_SECS = 600
+_probe = {}  # "process": the fresh interpreter, once started
+
+
+def fresh_interpreter_probe():
+    """The fresh interpreter that reports which drawing libraries the non-drawing modules
+    load, then whether every project module imports; started once.
+
+    Its imports take ~5 s of one core, so conftest starts it when collection is done and it
+    runs beside the tests before it; the fixture below only waits for its answer."""
+    if "process" not in _probe:
+        probe = f"""
 import importlib, json, sys
 result = {{}}
 for name in {list(NON_DRAWING_MODULES)!r}:
@@ -135,10 +142,26 @@ for name in {sorted(project_modules())!r}:
         result["failed"][name] = repr(err)
 print(json.dumps(result))
 """
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        _probe["process"] = subprocess.Popen([sys.executable, "-c", probe], cwd=REPO_ROOT,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True)
+    return _probe["process"]
+
+
+def stop_fresh_interpreter_probe():
+    """Ends a probe nobody waited for (a run stopped early by -x or Ctrl-C)."""
+    process = _probe.get("process")
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def fresh_interpreter_imports():
+    process = fresh_interpreter_probe()
+    stdout, stderr = process.communicate(timeout=PROBE_TIMEOUT_SECS)
+    assert process.returncode == 0, stderr[-2000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def test_training_and_scoring_modules_load_no_drawing_library(fresh_interpreter_imports):
