@@ -20,7 +20,7 @@ import fcn_export
 import fcn_test
 import fcn_arch
 from fcn_arch import ARCHS, FCN_FAMILY, FEATURE_EXTRACTORS, arch_from_settings
-from utils import shapes
+from utils import evaluation, shapes
 from utils.checkpoints import GLOBAL_STEP_NAME, LATEST_NAME
 from utils.datasets import read_dataset_meta, write_dataset_meta
 from utils.labels import IGNORE_LABEL
@@ -99,6 +99,16 @@ def run_dir(datapath, tmp_path_factory):
                     fcn16=True)
 
 
+@pytest.fixture
+def unrendered(monkeypatch):
+    """The paths fcn_test draws its pictures to, left unrendered: matplotlib takes a good
+    part of a second a picture here, and what they show is checked in test_visualization
+    and test_test_script; these tests check which pictures an export's evaluation draws."""
+    paths = []
+    monkeypatch.setattr(evaluation, "save_figure", lambda figure, path: paths.append(Path(path)))
+    return paths
+
+
 def run_export(*argv):
     return run_main(fcn_export.main, fcn_export.build_parser(), [str(arg) for arg in argv])
 
@@ -127,7 +137,8 @@ def test_savedmodel_equals_checkpoint_and_carries_classes(savedmodel, capsys):
 
 @pytest.mark.parametrize("quantize", ["none", pytest.param("float16", marks=pytest.mark.slow),
                                       pytest.param("int8", marks=pytest.mark.slow)])
-def test_tflite_exports_check_and_segment_at_source_size(run_dir, tmp_path, quantize, capsys):
+def test_tflite_exports_check_and_segment_at_source_size(run_dir, tmp_path, quantize, capsys,
+                                                         unrendered):
     out = tmp_path / quantize
     assert run_export("--traindir", run_dir, "--format", "tflite", "--quantize", quantize,
                       "--out", out, "--pixels", 48) == 0
@@ -152,10 +163,11 @@ def test_tflite_exports_check_and_segment_at_source_size(run_dir, tmp_path, quan
         np.testing.assert_array_equal(
             got[1], model.network(pad_bottom_right(batch[1], 48, 48, model.pad_rgb)[np.newaxis])[0, :20, :40])
     if quantize == "none":
-        _fcn_test_scores_a_tflite_export_like_its_run(run_dir, out / TFLITE_FILE, tmp_path)
+        _fcn_test_scores_a_tflite_export_like_its_run(run_dir, out / TFLITE_FILE, tmp_path,
+                                                      unrendered)
 
 
-def _fcn_test_scores_a_tflite_export_like_its_run(run_dir, model, tmp_path):
+def _fcn_test_scores_a_tflite_export_like_its_run(run_dir, model, tmp_path, unrendered):
     from_run, from_model = tmp_path / "run", tmp_path / "model"
     assert run_main(fcn_test.main, fcn_test.build_parser(),
                     ["--traindir", str(run_dir), "--pixels", "48", "--flip", "--last2viz", "0",
@@ -171,6 +183,9 @@ def _fcn_test_scores_a_tflite_export_like_its_run(run_dir, model, tmp_path):
         got = np.asarray(Image.open(from_model / "predictions" / name))
         # Same function within float32 reordering: only near-ties may flip.
         assert got.shape == expected.shape and np.mean(got == expected) > 0.995
+    # --last2viz 0: only the confusion heat map and the worst images are drawn.
+    assert {path.relative_to(from_model).parts[0] for path in unrendered
+            if from_model in path.parents} == {"confusion.png", "viz"}
     # --scales and --tile need a network of any input size.
     assert run_main(fcn_test.main, fcn_test.build_parser(),
                     ["--model", str(model), "--scales", "1", "1.5"]) == EXIT_USER_ERROR
@@ -216,7 +231,8 @@ def test_savedmodel_runs_in_plain_tensorflow_without_the_project(savedmodel, tmp
                           argmax_agrees=True, class_names=list(shapes.CLASS_NAMES))
 
 
-def test_fcn_test_scores_an_export_like_its_run(run_dir, savedmodel, tmp_path, capsys):
+def test_fcn_test_scores_an_export_like_its_run(run_dir, savedmodel, tmp_path, capsys,
+                                                unrendered):
     from_run, from_model = tmp_path / "run", tmp_path / "model"
     assert run_main(fcn_test.main, fcn_test.build_parser(),
                     ["--traindir", str(run_dir), "--outdir", str(from_run),
@@ -228,7 +244,11 @@ def test_fcn_test_scores_an_export_like_its_run(run_dir, savedmodel, tmp_path, c
     assert got["num_images"] == len(VAL_SIZES) and got["step"] == STEP
     assert got["miou"] == pytest.approx(expected["miou"], abs=1e-6)
     assert got["per_class_iou"] == pytest.approx(expected["per_class_iou"], abs=1e-6, nan_ok=True)
-    assert sorted(os.listdir(from_model / "viz")) == ["val_0.png", "val_1.png", "worst"]
+    drawn = [path.relative_to(from_model / "viz").parts for path in unrendered
+             if from_model / "viz" in path.parents]
+    assert sorted({parts[0] for parts in drawn}) == ["val_0.png", "val_1.png", "worst"]
+    assert len([parts for parts in drawn if parts[0] == "worst"]) == len(VAL_SIZES)
+    assert from_model / "confusion.png" in unrendered
     for name in os.listdir(from_run / "predictions"):
         np.testing.assert_array_equal(np.asarray(Image.open(from_model / "predictions" / name)),
                                       np.asarray(Image.open(from_run / "predictions" / name)))
