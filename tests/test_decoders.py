@@ -55,7 +55,9 @@ def test_every_decoder_keeps_input_size_and_the_checkpoint_variables(net):
             extractor.separable_decoder), name
 
 
-@pytest.mark.parametrize("net", everyday_or_slow(ATROUS_NETS))
+# One atrous encoder a day (mobilenet_v1, with its own atrous_strides, checked below too);
+# CI builds the residual and the other depthwise ones.
+@pytest.mark.parametrize("net", everyday_or_slow(ATROUS_NETS, everyday=["mobilenet_v1"]))
 def test_output_stride_16_and_8_keep_the_variables_and_refine_the_features(net):
     shapes, feature_sides = {}, {}
     for output_stride in fcn_arch.OUTPUT_STRIDES:
