@@ -1,8 +1,8 @@
 """Which parametrized cases everyday runs keep (`python -m pytest -m "not slow"`).
 
 Per-network cases run for the two thinnest feature extractors, one depthwise and one
-residual; the others are marked slow, so CI (which runs everything) still covers every
-registered network.
+residual (a test passes `everyday` to keep one where the second checks nothing more); the
+others are marked slow, so CI (which runs everything) still covers every registered network.
 """
 import pytest
 
