@@ -32,8 +32,7 @@ reproducible whatever order the parallel map runs in.
 import dataclasses
 
 from utils.labels import IGNORE_LABEL
-from utils.tfcompat import tf
-import tensorflow as tf2  # TF2 resize (half-pixel centres) and stateless random ops
+from utils.tfcompat import tf, tf2  # tf2: half-pixel resize and stateless random ops
 
 
 @dataclasses.dataclass(frozen=True)

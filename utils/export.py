@@ -41,7 +41,6 @@ import sys
 
 import numpy as np
 from tqdm import tqdm
-import tensorflow as tf2  # TF2 resize (half-pixel centres), as utils.augmentation uses
 
 import fcn_arch
 from utils import augmentation
@@ -53,7 +52,7 @@ from utils.files import atomic_path, disk_full_errors, write_text_atomic
 from utils.inference import ScoreAccumulator
 from utils.prediction import PIXELS_AS_TRAINED, _SessionOwner, _restored_session
 from utils.tf_records import parse_example, read_records, records_errors
-from utils.tfcompat import session_config, stderr_silenced, tf
+from utils.tfcompat import session_config, stderr_silenced, tf, tf2  # tf2: half-pixel resize
 from utils.tta import DEFAULT_OVERLAP, InferencePlan, pad_bottom_right
 
 METADATA_FILE = "segmentor.json"

@@ -30,7 +30,7 @@ import platform
 import sys
 import time
 
-from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
+from utils.tfcompat import onednn_enabled, session_config, tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402
 from utils import training, training_loop  # noqa: E402
 from utils.augmentation import AugmentParams  # noqa: E402
@@ -60,7 +60,7 @@ def machine_description():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    description = f"{cpu}, {os.cpu_count()} cores"
+    description = f"{cpu}, {os.cpu_count()} cores, oneDNN {'on' if onednn_enabled() else 'off'}"
     for gpu in tf.config.list_physical_devices("GPU"):
         name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
         description += f", GPU {name}"
