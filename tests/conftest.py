@@ -19,6 +19,8 @@ def _probe_module():
 def pytest_collection_finish(session):
     """Start test_imports' fresh interpreter now when a chosen test needs it: it then imports
     on the idle core while the tests collected before it run (~5 s off an everyday run)."""
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: only the one that runs the probe's tests starts it
     if any(PROBE_FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
         _probe_module().fresh_interpreter_probe()
 
