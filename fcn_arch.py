@@ -348,7 +348,9 @@ class BaseFcnArch:
         # second tower, so every arch object knows exactly the variables it uses
         # (optimizer slots, made later, never show up here).
         variable = getter(name, *args, **kwargs)
-        self._variables[variable.op.name] = variable
+        # The name without ":0", not `op.name`: under tf.distribute a replica's `op` is its
+        # own copy's ("<name>/replica_1"), while `name` is the variable's in every replica.
+        self._variables[variable.name.rsplit(":", 1)[0]] = variable
         return variable
 
     def get_pretrained_and_new_vars(self):

@@ -13,12 +13,13 @@ utils/training.py (loss, schedules, optimizers), utils/checkpoints.py and
 utils/run_folder.py.
 """
 import argparse
+import os
 import signal
 import sys
 
 from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402
-from utils import training, training_loop  # noqa: E402
+from utils import distribute, training, training_loop  # noqa: E402
 from utils.augmentation import NO_AUGMENT, AugmentParams  # noqa: E402
 from utils.checkpoints import (CheckpointKeeper, newest_intact, pick_checkpoint,  # noqa: E402
                                remove_unfinished_saves)
@@ -26,8 +27,7 @@ from utils.cli import CheckedArgumentParser, add_gpu_flag, bounded, select_gpu  
 from utils.datasets import load_dataset  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
 from utils.feeder import Feeder  # noqa: E402
-from utils.run_folder import (HeldRunFolder, RunLog, create_run_dir, read_runargs,  # noqa: E402
-                              write_runargs)
+from utils.run_folder import HeldRunFolder, create_run_dir, read_runargs, write_runargs  # noqa: E402
 from utils.run_settings import PLAN_KEYS, RunSettings  # noqa: E402
 
 # ---- Defaults: the README recipe (mobilenet_v1 FCN16 from scratch on `shapes`), one
@@ -38,7 +38,7 @@ DEFAULTS = RunSettings()
 SCRATCH_LEARNRATE = 3e-3
 FINETUNE_LEARNRATE = 3e-4
 # Flags a resumed run may change: where things are on this machine, not what is trained.
-RESUME_OVERRIDES = ("gpu", "datapath", "xla")
+RESUME_OVERRIDES = ("gpu", "datapath", "xla", "replicas", "connect_timeout")
 # Flags added after runs were made, with the value that does what those runs did: a
 # resumed run without them in its runargs gets it.
 ADDED_WITH_OLD_BEHAVIOUR = {
@@ -47,6 +47,8 @@ ADDED_WITH_OLD_BEHAVIOUR = {
     "init_from": None,
     "afteriter": None,
     "xla": False,
+    "replicas": 1,
+    "connect_timeout": distribute.DEFAULT_CONNECT_TIMEOUT_SECS,
 }
 # XLA JIT of the towers (--xla): off by default, since on the CPU where it was measured it
 # lost (README, Benchmarks: mobilenet_v1 FCN16 128 px batch 16, 2 cores AVX2 only: 3.8x
@@ -97,6 +99,9 @@ def _check_flag_combinations(parser, args):
     if args.scratch and args.difflr:
         parser.error("--difflr speeds up the new decoder layers against a pretrained encoder; "
                      "with --scratch every layer is new: drop one of them")
+    if args.replicas > 1 and args.gpu is not None:
+        parser.error("--gpu picks one GPU, --replicas uses the first N visible ones: drop "
+                     "--gpu (set CUDA_VISIBLE_DEVICES to choose which GPUs)")
     if args.optimizer != "adam" and "epsilon" in changed:
         parser.error(f"--epsilon is Adam's; --optimizer {args.optimizer} has none")
     try:
@@ -306,6 +311,22 @@ def build_parser():
                           f"{'on' if DEFAULT_XLA else 'off'}: it made the step 3.8x slower on "
                           f"a 2-core AVX2 CPU)")
     add_gpu_flag(run)
+
+    scale = parser.add_argument_group(
+        "scale out", "data-parallel training with tf.distribute; several machines: set "
+                     "TF_CONFIG on each (README, Scale out)")
+    scale.add_argument("--replicas", type=positive_int, default=1, metavar="N",
+                       help="train on N local devices at once (the first N GPUs, or N logical "
+                            "CPU devices without GPUs; with TF_CONFIG: per worker): "
+                            "--batch_size stays the global batch, split evenly over every "
+                            "replica, the gradients are summed over replicas (all-reduce); "
+                            "batch norm normalises with each replica's own part of the batch "
+                            "(its moving averages take the replicas' mean) "
+                            "(default: %(default)s)")
+    scale.add_argument("--connect_timeout", type=positive_float,
+                       default=distribute.DEFAULT_CONNECT_TIMEOUT_SECS, metavar="SECS",
+                       help="with TF_CONFIG: how long a worker waits for every other worker "
+                            "to answer before it stops with an error (default: %(default)g)")
     return parser
 
 
@@ -356,22 +377,39 @@ def main(args):
             raise SystemExit(128 + signal.Signals[stop.signal_name]) from None
 
 
-def resume_point(run_dir):
-    """(newest intact checkpoint or None, [(damaged prefix, reason)]) of a held run folder,
-    after sweeping what killed writes left there."""
-    remove_unfinished_saves(run_dir)
+def resume_point(run_dir, is_chief=True):
+    """(newest intact checkpoint or None, [(damaged prefix, reason)]) of a run folder,
+    after sweeping what killed writes left there (the chief, which holds it, only:
+    other workers of a multi-worker run just read)."""
+    if is_chief:
+        remove_unfinished_saves(run_dir)
     skipped = []
     resume_from = newest_intact(run_dir, on_skip=lambda *damaged: skipped.append(damaged))
-    if resume_from is None:
+    if resume_from is None and is_chief:
         print(f"{run_dir} holds no checkpoint: its start failed or was interrupted before the "
               f"first save; training it from step 0", file=sys.stderr)
     return resume_from, skipped
+
+
+def start_replicas(settings):
+    """The DataParallel (utils/distribute.py) of --replicas and TF_CONFIG; checked first."""
+    cluster = distribute.cluster_from_tf_config(os.environ.get(distribute.TF_CONFIG_VAR))
+    num_workers = cluster.num_workers if cluster else 1
+    distribute.check_batch_split(settings.batch_size, settings.replicas * num_workers,
+                                 num_workers)
+    parallel = distribute.start(settings.replicas, cluster, settings.connect_timeout)
+    if parallel.num_replicas > 1:
+        print(f"data-parallel: {parallel.describe()}, batch {settings.batch_size} split "
+              f"{settings.batch_size // parallel.num_replicas} per replica", file=sys.stderr)
+    return parallel
 
 
 def train(args, run_folder):
     """The run; `run_folder` (a HeldRunFolder) gets the run folder as soon as there is one."""
     clock = training_loop.PhaseClock()  # the runlog's closing line splits this run's time
     settings = run_settings(args)
+    parallel = start_replicas(settings)  # before any session: it fixes the devices
+    chief = parallel.is_chief  # only the chief writes in the run folder
     spec = load_dataset(settings.dataset, settings.datapath)
     # A --crop run trains at native scale and evaluates at native size: pixels 0, which
     # fcn_test's "as in training" then also means.
@@ -379,8 +417,9 @@ def train(args, run_folder):
         pixels=0 if settings.crop else (settings.pixels or spec.default_pixels))
     resume_from, skipped_checkpoints = None, []
     if settings.resume:  # the step is needed now: the data stream starts from it
-        run_folder.hold(settings.resume)
-        resume_from, skipped_checkpoints = resume_point(settings.resume)
+        if chief:
+            run_folder.hold(settings.resume)
+        resume_from, skipped_checkpoints = resume_point(settings.resume, chief)
     # Another run's checkpoint, picked now so a missing one fails before any work.
     init_from = (pick_checkpoint(settings.init_from, settings.afteriter)
                  if settings.init_from and not resume_from else None)
@@ -396,35 +435,42 @@ def train(args, run_folder):
                         seed=settings.seed, debug_overfit=settings.debug_overfit,
                         start_step=resume_from.step if resume_from else 0,
                         crop=settings.crop, crop_pad=settings.crop_pad,
-                        pad_rgb=fcn_arch.pad_rgb(settings.basenet))
+                        pad_rgb=fcn_arch.pad_rgb(settings.basenet),
+                        num_workers=parallel.num_workers, worker_index=parallel.worker_index)
         plan = (training_loop.resumed_plan(settings, feeder.num_train_images, settings.resume)
                 if settings.resume else training_loop.make_plan(settings, feeder.num_train_images))
         settings = settings.replace(plan=plan)
         graph = training_loop.build_graph(settings, spec, feeder.images, feeder.labels,
-                                          plan.lr_drop_steps, plan.total_steps)
+                                          plan.lr_drop_steps, plan.total_steps, parallel)
         # Checked before the run folder is made, so a missing or mismatched checkpoint
         # leaves no empty folder.
         weights = None if resume_from else training_loop.start_weights(
             settings, graph.train_arch, init_from)
 
-        run_dir = settings.resume or create_run_dir(settings.runs_dir, settings.basenet)
-        if not settings.resume:
+        run_dir = settings.resume or (create_run_dir(settings.runs_dir, settings.basenet)
+                                      if chief else None)
+        if not settings.resume and chief:
             run_folder.hold(run_dir)
             write_runargs(run_dir, {**settings.as_runargs(), **weights.as_runargs()})
-        keeper = CheckpointKeeper(run_dir, graph.model_variables, settings.keep_snapshots,
-                                  verified=resume_from and resume_from.prefix)
-        with training_loop.event_file_disk_errors(run_dir), RunLog(run_dir) as log:
-            for prefix, reason in skipped_checkpoints:
+        keeper = run_dir and CheckpointKeeper(run_dir, graph.model_variables,
+                                              settings.keep_snapshots,
+                                              verified=resume_from and resume_from.prefix)
+        with training_loop.run_outputs(run_dir if chief else None,
+                                       None if settings.resume else tf.get_default_graph()) \
+                as (log, events), distribute.lost_worker_errors(parallel, run_dir):
+            for prefix, reason in skipped_checkpoints if log else ():
                 print(log.event("skip_checkpoint", path=prefix, reason=reason))
-            with tf.Session(config=session_config()) as sess, tf.summary.FileWriter(
-                    run_dir, None if settings.resume else sess.graph) as events:
-                init = training_loop.initialise(sess, keeper, resume_from, weights)
+            with tf.Session(parallel.session_target,
+                            config=parallel.session_config(session_config())) as sess:
+                init = training_loop.initialise(sess, keeper, resume_from, weights,
+                                                graph.copy_first_replica)
                 tf.get_default_graph().finalize()  # an op made inside the loop would be a leak
                 loop = training_loop.TrainingLoop(sess, graph, feeder, spec, plan, keeper, log,
                                                   events, keep_best=settings.keep_best,
                                                   clock=clock)
-                loop.log_start("resume" if settings.resume else "start", init, run_dir)
-                if init_from:  # which parts of the other run were taken
+                if log:
+                    loop.log_start("resume" if settings.resume else "start", init, run_dir)
+                if init_from and log:  # which parts of the other run were taken
                     print(log.event("init_from", checkpoint=weights.checkpoint,
                                     step=weights.step, decoder=weights.decoder))
                 signal_name = loop.run()

@@ -71,22 +71,31 @@ def batch_norm(inputs,
     if unknown:
         raise ValueError(f"batch_norm param_initializers has unknown keys {sorted(unknown)}")
 
-    with tf.variable_scope(scope, "BatchNorm", [inputs], reuse=reuse) as sc:
-        def make_variable(name, default_initializer, is_trainable):
+    # A fixed name, not slim's default_name="BatchNorm" (which numbers a second use,
+    # BatchNorm_1): tf.distribute builds each replica's tower in its own thread, and the
+    # eval tower built after them was numbered anew, creating untrained copies.
+    with tf.variable_scope(scope or "BatchNorm", values=[inputs], reuse=reuse) as sc:
+        def make_variable(name, default_initializer, is_trainable, aggregation=None):
             return slim.model_variable(
                 name, shape=[channels], dtype=inputs.dtype,
                 initializer=initializers.get(name, default_initializer),
                 collections=slim_layer_utils.get_variable_collections(
                     variables_collections, name),
-                trainable=is_trainable)
+                trainable=is_trainable,
+                aggregation=aggregation or tf.VariableAggregation.NONE)
 
         # The fused kernel needs both offset and scale; absent ones are the identity.
         beta = (make_variable("beta", tf.zeros_initializer(), trainable) if center
                 else tf.zeros([channels], dtype=inputs.dtype))
         gamma = (make_variable("gamma", tf.ones_initializer(), trainable) if scale
                  else tf.ones([channels], dtype=inputs.dtype))
-        moving_mean = make_variable("moving_mean", tf.zeros_initializer(), False)
-        moving_variance = make_variable("moving_variance", tf.ones_initializer(), False)
+        # Under tf.distribute (utils/distribute.py) every replica normalises with its own
+        # batch's statistics, and the moving averages move by the mean of the replicas'
+        # updates, so all copies stay equal.
+        moving_mean = make_variable("moving_mean", tf.zeros_initializer(), False,
+                                    tf.VariableAggregation.MEAN)
+        moving_variance = make_variable("moving_variance", tf.ones_initializer(), False,
+                                        tf.VariableAggregation.MEAN)
 
         if is_training:
             # The kernel returns the batch mean and the Bessel-corrected batch

@@ -9,6 +9,8 @@ single graph trains or validates depending on the handle fed:
                     pad_rgb=fcn_arch.pad_rgb(net))      # padding: zero after preprocessing
     feeder = Feeder(spec, datapath, batch_size=8, pixels=0, crop=(288, 384),  # native scale
                     pad_rgb=fcn_arch.pad_rgb(net))
+    feeder = Feeder(spec, datapath, batch_size=16, pixels=512, pad_rgb=fcn_arch.pad_rgb(net),
+                    num_workers=2, worker_index=1)      # worker 1's half of each batch
     logits = arch.build_net(feeder.images)
     train = {feeder.handle: feeder.train_handle(sess)}
     sess.run(train_op, train)
@@ -20,6 +22,9 @@ The training stream is a pure function of (seed, step): epoch e is the records
 shuffled with a seed made of (seed, e), and example i of the stream is
 augmented with seed (seed, i). A run resumed at step s (`start_step=s`)
 therefore gets exactly the batches the uninterrupted run would have got.
+With several workers (`num_workers`), worker w trains on part w of every global batch
+(batch_size / num_workers examples in a row), so no two workers train on the same
+record in an epoch and together they see what one worker would.
 
 `make_split_dataset` is the single-split pipeline of fcn_test.
 """
@@ -63,11 +68,16 @@ class Feeder:
     The validation subset is every n-th validation record, n = round(1 / val_fraction),
     so it spans the whole file (CamVid's val split is a few sequential clips).
     `start_step`: the training step the first batch is for (a resumed run's step).
+    `num_workers`, `worker_index`: training batches are this worker's part of each global
+    batch of `batch_size` (validation batches stay whole: the chief validates alone).
     """
 
     def __init__(self, spec, datapath, batch_size, pixels, augment=AugmentParams(),
                  val_fraction=0.25, seed=0, debug_overfit=0, start_step=0, crop=None,
-                 crop_pad=True, *, pad_rgb):
+                 crop_pad=True, *, pad_rgb, num_workers=1, worker_index=0):
+        if batch_size % num_workers or not 0 <= worker_index < num_workers:
+            raise SegMentorError(f"--batch_size {batch_size} does not split over "
+                                 f"{num_workers} workers: give a multiple of {num_workers}")
         if crop is None and pixels <= 0:
             raise SegMentorError(f"training needs a fixed size: --pixels must be > 0, got {pixels}")
         if crop is not None and pixels != 0:
@@ -101,7 +111,8 @@ class Feeder:
         self.val_batches_per_pass = math.ceil(self.num_val_images / batch_size)
 
         train = self._train_dataset(spec.num_classes, batch_size, pixels, augment, seed,
-                                    debug_overfit, start_step, crop, crop_pad)
+                                    debug_overfit, start_step, crop, crop_pad,
+                                    num_workers, worker_index)
         val = self._val_dataset(spec.num_classes, batch_size, pixels)
         self.handle = tf.placeholder(tf.string, shape=[], name="feeder_handle")
         iterator = tf.data.Iterator.from_string_handle(
@@ -113,7 +124,7 @@ class Feeder:
         self._handles = {}
 
     def _train_dataset(self, num_classes, batch_size, pixels, augment, seed, debug_overfit,
-                       start_step, crop, crop_pad):
+                       start_step, crop, crop_pad, num_workers, worker_index):
         records = read_records(self.train_path, self._how_to_make)
         if debug_overfit:
             records = records.take(debug_overfit)
@@ -139,13 +150,20 @@ class Feeder:
             return augmentation.train_sizing(example["image"], label, pixels, augment,
                                              example_seed, self.pad_rgb)
 
+        worker_batch_size = batch_size // num_workers
+
+        def for_this_worker(index, serialized):
+            return (index % batch_size) // worker_batch_size == worker_index
+
         first_example = start_step * batch_size
         start_epoch, offset_in_epoch = divmod(first_example, self.num_train_images)
-        return (tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
-                .skip(offset_in_epoch)  # still serialized: skipping decodes nothing
-                .enumerate(start=first_example)
-                .map(parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(batch_size, drop_remainder=True)
+        stream = (tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
+                  .skip(offset_in_epoch)  # still serialized: skipping decodes nothing
+                  .enumerate(start=first_example))
+        if num_workers > 1:  # before decoding: each worker decodes its own part only
+            stream = stream.filter(for_this_worker)
+        return (stream.map(parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(worker_batch_size, drop_remainder=True)
                 .prefetch(tf.data.AUTOTUNE))
 
     def _val_dataset(self, num_classes, batch_size, pixels):

@@ -20,6 +20,7 @@ import numpy as np
 
 from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time logging
 from fcn_arch import get_feature_extractor  # noqa: E402
+from utils.distribute import sum_over_replicas  # noqa: E402
 from utils.errors import SegMentorError  # noqa: E402
 
 
@@ -49,9 +50,12 @@ def segmentation_loss(logits, labels, ignore_label, class_weights=None):
 
     Dividing by the pixel count rather than the weight sum keeps class
     weighting a real re-weighting: a batch of rare classes does pull harder.
+    Built per replica under tf.distribute, it divides by the valid pixels of
+    every replica's part of the batch, so the replicas' losses (and gradients)
+    sum to those of the whole batch on one device.
     """
     total, num_valid = pixel_cross_entropy(logits, labels, ignore_label, class_weights)
-    return total / tf.maximum(num_valid, 1.0)
+    return total / tf.maximum(sum_over_replicas(num_valid), 1.0)
 
 
 def batch_confusion(logits, labels, num_classes, ignore_label):

@@ -2,7 +2,8 @@
 
     plan = make_plan(settings, num_train_images)    # StepPlan, saved in runargs
     graph = build_graph(settings, spec, images, labels, plan.lr_drop_steps, plan.total_steps)
-    init = initialise(sess, keeper, resume_from, start_weights(settings, arch, init_from))
+    init = initialise(sess, keeper, resume_from, start_weights(settings, arch, init_from),
+                      graph.copy_first_replica)
     loop = TrainingLoop(sess, graph, feeder, spec, plan, keeper, log, events, keep_best=True)
     loop.log_start('start', init, run_dir); signal_name = loop.run()
     finish(run_dir, log, loop.step, plan.total_steps, signal_name, clock)
@@ -27,13 +28,13 @@ from tqdm import tqdm
 
 from utils.tfcompat import tf  # first: it quiets TensorFlow's import-time logging
 import fcn_arch  # noqa: E402
-from utils import training  # noqa: E402
+from utils import distribute, training  # noqa: E402
 from utils.checkpoints import checkpoint_candidates, saved_step  # noqa: E402
 from utils.labels import IGNORE_LABEL  # noqa: E402
 from utils.errors import SegMentorError  # noqa: E402
 from utils.files import disk_full_errors, is_disk_full  # noqa: E402
 from utils.inference import segmentation_metrics  # noqa: E402
-from utils.run_folder import RUNLOG_FILE, parse_runlog  # noqa: E402
+from utils.run_folder import RUNLOG_FILE, RunLog, parse_runlog  # noqa: E402
 from utils.run_settings import StepPlan, read_run_settings  # noqa: E402
 from utils.visualization import colorize_labels_tf  # noqa: E402
 
@@ -113,6 +114,7 @@ class TrainGraph:
     val_confusion: tf.Tensor
     images_summary: tf.Tensor
     model_variables: tuple        # what snapshots hold: all but the optimizer's variables
+    copy_first_replica: tf.Operation  # run after a restore (utils.distribute)
 
     def step_fetches(self):
         """What one training step fetches. `lr` comes from the same run as the step,
@@ -130,34 +132,58 @@ def xla_scope(enabled):
     return tf.xla.experimental.jit_scope() if enabled else contextlib.nullcontext()
 
 
-def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
+def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps,
+                parallel=distribute.ONE_DEVICE):
     """Train tower, eval tower (shared variables), loss, lr schedule and train op.
 
     images float32 [B, H, W, 3] RGB 0..255, labels int32 [B, H, W] (IGNORE_LABEL
     where unknown), e.g. a Feeder's. The lr follows settings.lr_policy with
     settings.warmup_steps over the plan's `total_steps` and `lr_drop_steps`; each tower
     with its loss is XLA-compiled when settings.xla.
+    `parallel` (utils.distribute): with a DataParallel, each replica's train tower
+    gets its part of the batch and the step applies the summed gradients; loss
+    and train confusion are the whole (global) batch's. The eval tower runs
+    on the whole batch in one place, as on one device.
     """
     train_arch = fcn_arch.arch_from_settings(settings, spec.num_classes, is_training=True)
     eval_arch = fcn_arch.arch_from_settings(settings, spec.num_classes, is_training=False)
     weights = training.class_weights(settings.class_weighting, spec)
-    with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
-        with xla_scope(settings.xla):
-            train_logits = train_arch.build_net(images)
-            loss = training.segmentation_loss(train_logits, labels, IGNORE_LABEL, weights)
-        with xla_scope(settings.xla):
+
+    def train_tower(images, labels):
+        with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE), \
+                xla_scope(settings.xla):
+            logits = train_arch.build_net(images)
+            loss = training.segmentation_loss(logits, labels, IGNORE_LABEL, weights)
+        return dict(loss=loss, confusion=training.batch_confusion(
+            logits, labels, spec.num_classes, IGNORE_LABEL))
+
+    with parallel.scope():
+        tower = parallel.run(train_tower, *parallel.split(images, labels))
+        with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE), \
+                xla_scope(settings.xla):
             eval_logits = eval_arch.build_net(images)
             val_loss_sum, val_pixels = training.pixel_cross_entropy(eval_logits, labels,
                                                                     IGNORE_LABEL, weights)
-    global_step = tf.train.get_or_create_global_step()
-    lr = training.learning_rate(settings.learnrate, global_step, settings.lr_policy, total_steps,
-                                lr_drop_steps, settings.warmup_steps)
-    objective = loss + tf.losses.get_regularization_loss()
-    model_variables = tuple(tf.global_variables())  # the optimizer's slots come next
-    train_op = training.make_train_op(objective, global_step, lr, settings.optimizer,
-                                      settings.momentum, settings.epsilon,
-                                      *training.trainable_pretrained_and_new(train_arch),
-                                      difflr=settings.difflr)
+        global_step = tf.train.get_or_create_global_step()
+        lr = training.learning_rate(settings.learnrate, global_step, settings.lr_policy,
+                                    total_steps, lr_drop_steps, settings.warmup_steps)
+        model_variables = tuple(tf.global_variables())  # the optimizer's slots come next
+        # The regularization losses are made once per process, with the variables, and
+        # read the first local replica's copies: only that replica's gradient sees them,
+        # and each of the workers' first replicas carries its share.
+        regularization_share = parallel.per_replica(
+            lambda local_replica: tf.constant(0.0 if local_replica else 1 / parallel.num_workers))
+
+        def train_step(loss, regularization_share):
+            objective = loss + regularization_share * tf.losses.get_regularization_loss()
+            return training.make_train_op(objective, global_step, lr, settings.optimizer,
+                                          settings.momentum, settings.epsilon,
+                                          *training.trainable_pretrained_and_new(train_arch),
+                                          difflr=settings.difflr)
+
+        train_op = parallel.new_value(parallel.run(train_step, tower["loss"],
+                                                   regularization_share))
+        loss, train_confusion = parallel.sum(tower["loss"]), parallel.sum(tower["confusion"])
 
     colorize = lambda classes: colorize_labels_tf(classes, spec.colors, IGNORE_LABEL)  # noqa: E731
     images_summary = tf.summary.merge([
@@ -167,13 +193,13 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps):
         tf.summary.image("val/ground_truth", colorize(labels), IMAGE_SUMMARY_COUNT)])
     return TrainGraph(
         train_arch=train_arch, global_step=global_step, lr=lr, loss=loss, train_op=train_op,
-        train_confusion=training.batch_confusion(train_logits, labels, spec.num_classes,
-                                                 IGNORE_LABEL),
+        train_confusion=train_confusion,
         eval_logits=eval_logits, weights_finite=training.all_finite(tf.global_variables()),
         val_loss_sum=val_loss_sum, val_pixels=val_pixels,
         val_confusion=training.batch_confusion(eval_logits, labels, spec.num_classes,
                                                IGNORE_LABEL),
-        images_summary=images_summary, model_variables=model_variables)
+        images_summary=images_summary, model_variables=model_variables,
+        copy_first_replica=parallel.copy_first_replica())
 
 
 # --- Initialisation ----------------------------------------------------------------------
@@ -223,17 +249,23 @@ def start_weights(settings, arch, init_from=None):
                         os.path.abspath(checkpoint), None, "fresh")
 
 
-def initialise(sess, keeper, resume_from, weights):
+def initialise(sess, keeper, resume_from, weights, copy_first_replica=None):
     """Set every variable: from the run's checkpoint `resume_from`, else as the
-    StartWeights `weights` say. Returns which, for the runlog."""
+    StartWeights `weights` say. Returns which, for the runlog.
+    `copy_first_replica`: the TrainGraph's op, run after a restore."""
     sess.run(tf.global_variables_initializer())
     if resume_from:
-        if keeper.restore(sess, resume_from.prefix):
-            return resume_from.prefix
-        return f"{resume_from.prefix} (a snapshot: model only, fresh optimizer state)"
-    if weights.restore:
+        full = keeper.restore(sess, resume_from.prefix)
+        restored = (resume_from.prefix if full else
+                    f"{resume_from.prefix} (a snapshot: model only, fresh optimizer state)")
+    elif weights.restore:
         weights.restore(sess)
-    return weights.label
+        restored = weights.label
+    else:
+        return weights.label
+    if copy_first_replica is not None:
+        sess.run(copy_first_replica)
+    return restored
 
 
 # --- Errors a user can fix ---------------------------------------------------------------
@@ -278,6 +310,19 @@ def event_file_disk_errors(run_dir):
     finally:
         threading.excepthook = previous_hook
         logger.removeFilter(thread_report)
+
+
+@contextlib.contextmanager
+def run_outputs(run_dir, graph=None):
+    """(RunLog, TensorBoard writer) of the run folder `run_dir` (events start with `graph`
+    unless None), a full disk under either as one line. (None, None) for `run_dir` None:
+    a worker of a multi-worker run other than the chief writes nothing."""
+    if run_dir is None:
+        yield None, None
+        return
+    with event_file_disk_errors(run_dir), RunLog(run_dir) as log, \
+            tf.summary.FileWriter(run_dir, graph) as events:
+        yield log, events
 
 
 # --- Validation and logging ----------------------------------------------------------------
@@ -397,7 +442,9 @@ class TrainingLoop:
     """Steps until the planned step or a stop signal; logs, validates and saves on the way.
 
     With `keep_best`, each validation that beats the best val mIoU so far
-    (across resumes) also replaces fcn.ckpt_best.
+    (across resumes) also replaces fcn.ckpt_best. Without a `log` (a worker
+    of a multi-worker run other than the chief) it only trains: the chief
+    logs, validates and saves for the whole cluster.
     """
 
     def __init__(self, sess, graph, feeder, spec, plan, keeper, log, events, keep_best=False,
@@ -407,7 +454,7 @@ class TrainingLoop:
         self.clock = clock or PhaseClock()
         self.step = int(sess.run(graph.global_step))
         self.lastsaved_step = self.step or None  # a resumed run starts from a saved step
-        self.best_miou = best_miou_so_far(log.path) if keep_best else None
+        self.best_miou = best_miou_so_far(log.path) if keep_best and log else None
         self.window = TrainWindow(spec.num_classes)
         self.bar = None
 
@@ -426,12 +473,16 @@ class TrainingLoop:
         Any error also ends the runlog with an 'error' line.
         """
         try:
-            with disk_full_errors(self.keeper.run_dir, "TensorBoard events"), \
-                    out_of_memory_errors(self.plan.batch_size):
-                return self._steps()
+            with out_of_memory_errors(self.plan.batch_size):
+                if self.log is None:
+                    return self._steps()
+                with disk_full_errors(self.keeper.run_dir, "TensorBoard events"):
+                    return self._steps()
         except BaseException as err:  # a second Ctrl-C too: the runlog says how it ended
             with contextlib.suppress(SegMentorError):  # unless the disk is full
-                self.log.event("error", step=self.step, message=str(err) or type(err).__name__)
+                if self.log is not None:
+                    self.log.event("error", step=self.step,
+                                   message=str(err) or type(err).__name__)
             raise
 
     def _steps(self):
@@ -454,6 +505,8 @@ class TrainingLoop:
                 self.window.add(result["loss"], result["confusion"], result["lr"],
                                 time.perf_counter() - started)
                 self.bar.update()
+                if self.log is None:  # not the chief: it trains only
+                    continue
                 last_step = self.step == plan.total_steps
                 if self.step % plan.log_every == 0 or last_step:
                     with self.clock.timing("logging"):
@@ -522,7 +575,17 @@ def summary_line(run_dir, step, split):
 def finish(run_dir, log, step, total_steps, signal_name, clock):
     """The closing runlog line and console line; a stop signal before the last step
     also sets the exit status (one during the last step changes nothing: the run is done).
-    The line splits the PhaseClock `clock`'s time into the steps and the rest."""
+    The line splits the PhaseClock `clock`'s time into the steps and the rest.
+    Without a `log` (a worker other than the chief) the console line only."""
+    if log is None:
+        if signal_name and step < total_steps:
+            print(f"stopped by {signal_name} at step {step}; the chief's run folder keeps "
+                  f"its last save: restart every worker with --resume <that folder>",
+                  file=sys.stderr)
+            raise SystemExit(128 + signal.Signals[signal_name])
+        print(f"worker finished at step {step} in {clock.total_secs() / 60:.1f} min (the chief "
+              f"wrote the run folder)")
+        return
     if signal_name and step < total_steps:
         log.event("stop", step=step, reason=signal_name, **clock.split())
         print(f"stopped by {signal_name} at step {step} and saved; continue with "
