@@ -394,10 +394,8 @@ def resume_point(run_dir, is_chief=True):
 def start_replicas(settings):
     """The DataParallel (utils/distribute.py) of --replicas and TF_CONFIG; checked first."""
     cluster = distribute.cluster_from_tf_config(os.environ.get(distribute.TF_CONFIG_VAR))
-    num_workers = cluster.num_workers if cluster else 1
-    distribute.check_batch_split(settings.batch_size, settings.replicas * num_workers,
-                                 num_workers)
-    parallel = distribute.start(settings.replicas, cluster, settings.connect_timeout)
+    parallel = distribute.start(settings.replicas, settings.batch_size, cluster,
+                                settings.connect_timeout)
     if parallel.num_replicas > 1:
         print(f"data-parallel: {parallel.describe()}, batch {settings.batch_size} split "
               f"{settings.batch_size // parallel.num_replicas} per replica", file=sys.stderr)

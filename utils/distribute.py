@@ -1,7 +1,7 @@
 """Data-parallel training with tf.distribute, in the project's graph mode.
 
     cluster = cluster_from_tf_config(os.environ.get(TF_CONFIG_VAR))  # None: one machine
-    parallel = start(replicas=2, cluster=cluster, connect_timeout_secs=120)
+    parallel = start(replicas=2, batch_size=16, cluster=cluster, connect_timeout_secs=120)
     with parallel.scope():
         shards = parallel.split(images, labels)               # per replica: its part of the batch
         per_replica = parallel.run(tower_fn, *shards)        # built once per replica
@@ -309,12 +309,16 @@ class DataParallel:
                 f"{self.num_replicas} in all")
 
 
-def start(replicas, cluster=None, connect_timeout_secs=DEFAULT_CONNECT_TIMEOUT_SECS):
+def start(replicas, batch_size, cluster=None,
+          connect_timeout_secs=DEFAULT_CONNECT_TIMEOUT_SECS):
     """ONE_DEVICE, or the DataParallel of `replicas` local replicas in `cluster` (None:
-    this machine alone). A worker starts its server here and waits for the others."""
+    this machine alone), checked against the global `batch_size` first. A worker starts
+    its server here and waits for the others."""
     if cluster is None and replicas == 1:
         return ONE_DEVICE
     devices = local_devices(replicas)
+    num_workers = cluster.num_workers if cluster else 1
+    check_batch_split(batch_size, replicas * num_workers, num_workers)
     if cluster is None:
         return DataParallel(tf2.distribute.MirroredStrategy(devices), devices)
     if replicas > 1 and "CPU" in devices[0]:

@@ -153,7 +153,7 @@ class Feeder:
         worker_batch_size = batch_size // num_workers
 
         def for_this_worker(index, serialized):
-            return (index % batch_size) // worker_batch_size == worker_index
+            return tf.equal((index % batch_size) // worker_batch_size, worker_index)
 
         first_example = start_step * batch_size
         start_epoch, offset_in_epoch = divmod(first_example, self.num_train_images)
