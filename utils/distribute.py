@@ -3,8 +3,8 @@
     cluster = cluster_from_tf_config(os.environ.get(TF_CONFIG_VAR))  # None: one machine
     parallel = start(replicas=2, batch_size=16, cluster=cluster, connect_timeout_secs=120)
     with parallel.scope():
-        shards = parallel.split(images, labels)               # per replica: its part of the batch
-        per_replica = parallel.run(tower_fn, *shards)        # built once per replica
+        per_replica = parallel.run(tower_fn, images, labels)  # built once per replica; in it
+        # parallel.local_part(images): this replica's part of the batch
         loss = parallel.sum(per_replica["loss"])             # over replicas (and workers)
     sess = tf.Session(parallel.session_target, config=parallel.session_config(config))
 
@@ -205,14 +205,14 @@ class _OneDevice:
     def scope(self):
         return contextlib.nullcontext()
 
-    def split(self, *batches):
-        return batches
-
     def run(self, fn, *args):
         return fn(*args)
 
-    def per_replica(self, make_value):
-        return make_value(0)
+    def local_part(self, batch):
+        return batch
+
+    def worker_share(self):
+        return tf.constant(1.0)
 
     def sum(self, value):
         return value
@@ -251,23 +251,25 @@ class DataParallel:
     def scope(self):
         return self.strategy.scope()
 
-    def split(self, *batches):
-        """Each tensor [B, ...] (B this worker's batch) as a per-replica value of
-        [B / local replicas, ...] parts, replica r getting part r."""
-        local = len(self.devices)
-        parts = [tf.split(batch, local) for batch in batches]
-        return tuple(self.per_replica(lambda index, batch_parts=batch_parts:
-                                      batch_parts[index % local]) for batch_parts in parts)
-
-    def per_replica(self, make_value):
-        """A per-replica value: `make_value(local replica index)` on each replica."""
-        local = len(self.devices)
-        return self.strategy.experimental_distribute_values_from_function(
-            lambda context: make_value(context.replica_id_in_sync_group % local))
-
     def run(self, fn, *args):
         """fn(*args) built once per replica, per-replica values unwrapped; per-replica results."""
         return self.strategy.extended.call_for_each_replica(fn, args=args)
+
+    def _local_replica(self):
+        # The context's id counts the replicas of every worker; the workers' are in a row.
+        context = tf.distribute.get_replica_context()
+        return context.replica_id_in_sync_group % len(self.devices)
+
+    def local_part(self, batch):
+        """Inside `run`: this replica's part of `batch` [B, ...] (B this worker's batch),
+        [B / local replicas, ...], replica r taking part r."""
+        part_size = tf.shape(batch)[0] // len(self.devices)
+        return batch[self._local_replica() * part_size:][:part_size]
+
+    def worker_share(self):
+        """Inside `run`: float32 1 / workers on each worker's first replica, 0 on the others."""
+        first = tf.equal(self._local_replica(), 0)
+        return tf.cast(first, tf.float32) / self.num_workers
 
     def sum(self, value):
         """A per-replica value summed over every replica of the cluster."""

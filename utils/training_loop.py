@@ -150,6 +150,7 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps,
     weights = training.class_weights(settings.class_weighting, spec)
 
     def train_tower(images, labels):
+        images, labels = parallel.local_part(images), parallel.local_part(labels)
         with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE), \
                 xla_scope(settings.xla):
             logits = train_arch.build_net(images)
@@ -158,7 +159,7 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps,
             logits, labels, spec.num_classes, IGNORE_LABEL))
 
     with parallel.scope():
-        tower = parallel.run(train_tower, *parallel.split(images, labels))
+        tower = parallel.run(train_tower, images, labels)
         with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE), \
                 xla_scope(settings.xla):
             eval_logits = eval_arch.build_net(images)
@@ -168,21 +169,18 @@ def build_graph(settings, spec, images, labels, lr_drop_steps, total_steps,
         lr = training.learning_rate(settings.learnrate, global_step, settings.lr_policy,
                                     total_steps, lr_drop_steps, settings.warmup_steps)
         model_variables = tuple(tf.global_variables())  # the optimizer's slots come next
-        # The regularization losses are made once per process, with the variables, and
-        # read the first local replica's copies: only that replica's gradient sees them,
-        # and each of the workers' first replicas carries its share.
-        regularization_share = parallel.per_replica(
-            lambda local_replica: tf.constant(0.0 if local_replica else 1 / parallel.num_workers))
 
-        def train_step(loss, regularization_share):
-            objective = loss + regularization_share * tf.losses.get_regularization_loss()
+        def train_step(loss):
+            # The regularization losses are made once per process, with the variables,
+            # and read the first local replica's copies: only that replica's gradient
+            # sees them, and each worker's first replica carries that worker's share.
+            objective = loss + parallel.worker_share() * tf.losses.get_regularization_loss()
             return training.make_train_op(objective, global_step, lr, settings.optimizer,
                                           settings.momentum, settings.epsilon,
                                           *training.trainable_pretrained_and_new(train_arch),
                                           difflr=settings.difflr)
 
-        train_op = parallel.new_value(parallel.run(train_step, tower["loss"],
-                                                   regularization_share))
+        train_op = parallel.new_value(parallel.run(train_step, tower["loss"]))
         loss, train_confusion = parallel.sum(tower["loss"]), parallel.sum(tower["confusion"])
 
     colorize = lambda classes: colorize_labels_tf(classes, spec.colors, IGNORE_LABEL)  # noqa: E731
