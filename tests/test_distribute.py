@@ -1,6 +1,6 @@
 """Data-parallel training (utils/distribute.py, fcn_train.py --replicas, TF_CONFIG).
 
-The equality checks train on `--debug_overfit 1 --batch_size 2`: every batch holds one
+The training checks run on `--debug_overfit 1 --batch_size 2`: every batch holds one
 image twice, so a replica's half of it has the batch statistics of the whole, and batch
 norm per replica computes what one device computes. 64 px keeps at least 2x2 values per
 channel at stride 32 (one value per channel makes batch norm degenerate).
