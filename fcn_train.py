@@ -315,7 +315,7 @@ def build_parser():
     scale = parser.add_argument_group(
         "scale out", "data-parallel training with tf.distribute; several machines: set "
                      "TF_CONFIG on each (README, Scale out)")
-    scale.add_argument("--replicas", type=positive_int, default=1, metavar="N",
+    scale.add_argument("--replicas", type=positive_int, default=DEFAULTS.replicas, metavar="N",
                        help="train on N local devices at once (the first N GPUs, or N logical "
                             "CPU devices without GPUs; with TF_CONFIG: per worker): "
                             "--batch_size stays the global batch, split evenly over every "
@@ -324,7 +324,7 @@ def build_parser():
                             "(its moving averages take the replicas' mean) "
                             "(default: %(default)s)")
     scale.add_argument("--connect_timeout", type=positive_float,
-                       default=distribute.DEFAULT_CONNECT_TIMEOUT_SECS, metavar="SECS",
+                       default=DEFAULTS.connect_timeout, metavar="SECS",
                        help="with TF_CONFIG: how long a worker waits for every other worker "
                             "to answer before it stops with an error (default: %(default)g)")
     return parser

@@ -18,7 +18,7 @@ import dataclasses
 import os
 
 from fcn_arch import FEATURE_STRIDE
-from utils import training
+from utils import distribute, training
 from utils.augmentation import AugmentParams
 from utils.checkpoints import DEFAULT_KEEP_SNAPSHOTS
 from utils.datasets import DEFAULT_DATAPATH
@@ -115,6 +115,10 @@ class RunSettings:
     seed: int = 0
     gpu: int | None = None
     xla: bool | None = None            # None: fcn_train's DEFAULT_XLA
+    # Scale out (utils/distribute.py): local replicas (per worker with TF_CONFIG), and how
+    # long a worker waits for the others. Where the run trains, not what: --resume may change them.
+    replicas: int = 1
+    connect_timeout: float = distribute.DEFAULT_CONNECT_TIMEOUT_SECS
     plan: StepPlan | None = None       # saved flat, under PLAN_KEYS
 
     @classmethod

@@ -370,9 +370,14 @@ class TrainWindow:
 
 
 def diverged(what, step, run_dir, lastsaved_step):
-    """The error of a run whose loss or weights (`what`) stopped being finite at `step`."""
-    saved = (f"the last checkpoint ({run_dir}/fcn.ckpt, step {lastsaved_step}) is kept"
-             if lastsaved_step is not None else "no checkpoint had been saved")
+    """The error of a run whose loss or weights (`what`) stopped being finite at `step`
+    (`run_dir` None: a worker other than the chief, which saves for it)."""
+    if run_dir is None:
+        saved = "the chief keeps its last checkpoint"
+    elif lastsaved_step is not None:
+        saved = f"the last checkpoint ({run_dir}/fcn.ckpt, step {lastsaved_step}) is kept"
+    else:
+        saved = "no checkpoint had been saved"
     return SegMentorError(f"{what} at step {step}: training diverged and stopped without "
                           f"saving; {saved}; try a lower --learnrate")
 
@@ -499,7 +504,7 @@ class TrainingLoop:
                 self.step = int(result["step"])
                 if not math.isfinite(result["loss"]):
                     raise diverged(f"the loss became {result['loss']}", self.step,
-                                   self.keeper.run_dir, self.lastsaved_step)
+                                   self.keeper and self.keeper.run_dir, self.lastsaved_step)
                 self.window.add(result["loss"], result["confusion"], result["lr"],
                                 time.perf_counter() - started)
                 self.bar.update()
