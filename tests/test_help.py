@@ -31,6 +31,7 @@ ENTRY_POINTS = {
     "utils.convert_torchvision": "utils/convert_torchvision.py",
     "utils.infer_bench": "utils/infer_bench.py",
     "benchmarks.torch_compare": "benchmarks/torch_compare.py",
+    "benchmarks.onednn_compare": "benchmarks/onednn_compare.py",
 }
 
 
