@@ -21,6 +21,7 @@ from pathlib import Path
 import fcn_arch
 from utils.cli import CheckedArgumentParser, bounded
 from utils.errors import SegMentorError, run_main
+from utils.train_bench import add_step_timing_flags, machine_description
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
@@ -58,7 +59,6 @@ def step_secs(net, pixels, batch_size, steps, onednn):
 
 
 def build_parser():
-    from utils.train_bench import add_step_timing_flags
     parser = CheckedArgumentParser(
         description="fcn_train.py's FCN16 training step with TensorFlow's oneDNN CPU kernels "
                     "off and on, in alternating processes.")
@@ -69,7 +69,6 @@ def build_parser():
 
 
 def main(args):
-    from utils.train_bench import machine_description
     print(f"machine: {machine_description()} (this process; each child sets its own)")
     print(f"FCN16, {args.pixels} px, batch {args.batch_size}, {args.steps} timed steps per child")
     for net in args.nets:

@@ -21,14 +21,13 @@ import numpy as np
 import pytest
 
 import fcn_train
-from utils import distribute, shapes
-from utils.datasets import load_dataset, write_dataset_meta
+from utils import distribute
+from utils.datasets import load_dataset
 from utils.errors import SegMentorError, run_main
 from utils.feeder import Feeder
 from utils.run_folder import RUNLOG_FILE, parse_runlog, read_runargs
-from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import session_config, tf
-from encoded_images import encode_image
+from tiny_dataset import write_tiny_shapes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny"
@@ -41,20 +40,8 @@ RUN_TIMEOUT_SECS = 600  # a loaded 2-core machine runs 4 trainings at once here
 
 @pytest.fixture(scope="module")
 def datapath(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    files = {"train": "training.tfrecords", "val": "validation.tfrecords"}
-    for split_index, (split, count) in enumerate(NUM_IMAGES.items()):
-        with RecordWriter(root / DATASET / files[split]) as writer:
-            for index in range(count):
-                image, label = shapes.make_sample(np.random.default_rng([split_index, index]),
-                                                  IMAGE_SIZE_PX)
-                writer.write(encode_image(image, "PNG"), "png", encode_label_png(label),
-                             IMAGE_SIZE_PX, IMAGE_SIZE_PX, f"{split}_{index}.png")
-    write_dataset_meta(root / DATASET, {
-        "name": DATASET, "class_names": list(shapes.CLASS_NAMES),
-        "colors": [list(c) for c in shapes.CLASS_COLORS], "default_pixels": IMAGE_SIZE_PX,
-        "splits": {split: {"file": files[split], "count": n} for split, n in NUM_IMAGES.items()}})
-    return root
+    """<datapath>/tiny: shapes images at 64 px, known only through its dataset.json."""
+    return write_tiny_shapes(tmp_path_factory.mktemp("data"), DATASET, NUM_IMAGES, IMAGE_SIZE_PX)
 
 
 # --- TF_CONFIG, devices, batch split: one line each ----------------------------------------

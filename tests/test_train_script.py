@@ -26,9 +26,8 @@ from utils.datasets import DatasetSpec, write_dataset_meta
 from utils.errors import run_main
 from utils.run_folder import (RUNLOG_FILE, describe_start_weights, parse_runlog, read_runargs,
                               write_runargs)
-from utils.tf_records import RecordWriter, encode_label_png
 from utils.tfcompat import tf
-from encoded_images import encode_image
+from tiny_dataset import write_tiny_shapes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny"
@@ -42,24 +41,7 @@ RUN_TIMEOUT_SECS = 300
 @pytest.fixture(scope="module")
 def datapath(tmp_path_factory):
     """<datapath>/tiny: shapes images at 64 px, known only through its dataset.json."""
-    root = tmp_path_factory.mktemp("data")
-    files = {"train": "training.tfrecords", "val": "validation.tfrecords"}
-    pixel_counts = np.zeros(len(shapes.CLASS_NAMES))
-    for split_index, (split, count) in enumerate(NUM_IMAGES.items()):
-        with RecordWriter(root / DATASET / files[split]) as writer:
-            for index in range(count):
-                image, label = shapes.make_sample(np.random.default_rng([split_index, index]),
-                                                  IMAGE_SIZE_PX)
-                writer.write(encode_image(image, "PNG"), "png", encode_label_png(label),
-                             IMAGE_SIZE_PX, IMAGE_SIZE_PX, f"{split}_{index}.png")
-                pixel_counts += np.bincount(label.ravel(), minlength=len(pixel_counts))
-    write_dataset_meta(root / DATASET, {
-        "name": DATASET, "class_names": list(shapes.CLASS_NAMES),
-        "colors": [list(c) for c in shapes.CLASS_COLORS],
-        "class_frequencies": (pixel_counts / pixel_counts.sum()).tolist(),
-        "default_pixels": IMAGE_SIZE_PX,
-        "splits": {split: {"file": files[split], "count": n} for split, n in NUM_IMAGES.items()}})
-    return root
+    return write_tiny_shapes(tmp_path_factory.mktemp("data"), DATASET, NUM_IMAGES, IMAGE_SIZE_PX)
 
 
 def train_args(datapath, runs_dir, *extra):
