@@ -307,7 +307,8 @@ def build_parser():
     run.add_argument("--xla", action=argparse.BooleanOptionalAction, default=DEFAULTS.xla,
                      help=f"compile each tower and its loss with XLA's JIT (the confusion "
                           f"counts and optimizer updates stay TensorFlow ops); may differ by "
-                          f"machine, so --resume may change it (default: "
+                          f"machine, so --resume may change it; one replica per process, "
+                          f"not with --replicas 2+ (default: "
                           f"{'on' if DEFAULT_XLA else 'off'}: it made the step 3.8x slower on "
                           f"a 2-core AVX2 CPU)")
     add_gpu_flag(run)
@@ -393,6 +394,14 @@ def resume_point(run_dir, is_chief=True):
 
 def start_replicas(settings):
     """The DataParallel (utils/distribute.py) of --replicas and TF_CONFIG; checked first."""
+    if settings.xla and settings.replicas > 1:
+        # tf.distribute builds each local replica's tower in its own thread, and those
+        # threads take turns inside the towers (at the batch-norm updates), while XLA's
+        # jit scope is one graph-wide setting: entered and left out of order, it leaks
+        # onto the ops after the towers (the confusion counts), which XLA cannot compile.
+        raise SegMentorError(f"--xla compiles the towers of one replica per process; with "
+                             f"--replicas {settings.replicas} drop --xla (or train with one "
+                             f"replica per worker through TF_CONFIG)")
     cluster = distribute.cluster_from_tf_config(os.environ.get(distribute.TF_CONFIG_VAR))
     parallel = distribute.start(settings.replicas, settings.batch_size, cluster,
                                 settings.connect_timeout)

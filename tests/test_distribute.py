@@ -110,6 +110,7 @@ def train_args(datapath, runs_dir, *extra):
     ([], tf_config(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], 0),
      "--batch_size 2 does not split evenly over 3 replicas (3 workers x 1 replicas)"),
     ([], "[1, 2]", "TF_CONFIG needs a \"cluster\" object"),
+    (["--replicas", "2", "--xla"], "", "with --replicas 2 drop --xla"),
 ])
 def test_bad_scale_out_settings_are_one_line_and_make_no_folder(datapath, tmp_path, capsys,
                                                                  monkeypatch, extra, env, message):
@@ -291,9 +292,71 @@ def test_two_workers_resume_after_a_kill_and_finish_the_run(trained):
     assert losses(chief_run)[0] == pytest.approx(losses(trained["runs"]["one"])[0], rel=1e-4)
 
 
+@pytest.fixture(scope="module")
+def stopped(datapath, tmp_path_factory):
+    """Two 2-replica runs, side by side: one diverging (a learning rate of 1e30, a save
+    every step), one sent SIGTERM after its second logged step."""
+    root = tmp_path_factory.mktemp("stopped")
+    diverging = start_training(train_args(datapath, root / "nan", "--scratch", "--replicas",
+                                          "2", "--learnrate", "1e30", "--save_every", "1",
+                                          "--epochs", str(STEPS)))
+    interrupted = start_training(train_args(datapath, root / "term", "--scratch", "--replicas",
+                                            "2", "--epochs", str(STEPS)))
+    deadline = time.monotonic() + RUN_TIMEOUT_SECS
+    signalled_after = None
+    while signalled_after is None and time.monotonic() < deadline and interrupted.poll() is None:
+        runs = list((root / "term").glob("*/" + RUNLOG_FILE))
+        steps = [line["step"] for line in parse_runlog(runs[0]) if "loss" in line] if runs else []
+        if len(steps) >= 2:
+            interrupted.send_signal(signal.SIGTERM)
+            signalled_after = steps[-1]
+        time.sleep(0.05)
+    return dict(nan=finished(diverging), nan_run=only_run(root / "nan"),
+                term=finished(interrupted), term_run=only_run(root / "term"),
+                signalled_after=signalled_after)
+
+
+def checkpoint_step(run):
+    return int(tf.train.load_variable(str(run / "fcn.ckpt"), "global_step"))
+
+
 @pytest.mark.slow  # trains
-def test_a_data_parallel_run_is_an_ordinary_run_folder_for_fcn_test(trained, tmp_path):
-    import fcn_test  # noqa: E402 (only this test needs it)
+def test_with_replicas_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(stopped):
+    code, _, err = stopped["nan"]
+    assert code == 2, err
+    last_line = err.strip().splitlines()[-1]
+    assert "training diverged" in last_line and "try a lower --learnrate" in last_line
+    error = parse_runlog(stopped["nan_run"] / RUNLOG_FILE)[-1]
+    assert error["event"] == "error" and "diverged" in error["message"]
+    checkpoint = str(stopped["nan_run"] / "fcn.ckpt")
+    assert 0 < checkpoint_step(stopped["nan_run"]) < error["step"]
+    for name, _ in tf.train.list_variables(checkpoint):
+        assert np.isfinite(tf.train.load_variable(checkpoint, name)).all(), name
+
+
+@pytest.mark.slow  # trains
+def test_with_replicas_sigterm_saves_the_step_it_stopped_at_then_exits(stopped):
+    code, _, err = stopped["term"]
+    assert stopped["signalled_after"] is not None
+    assert code == 128 + signal.SIGTERM and "--resume" in err, err
+    lines = parse_runlog(stopped["term_run"] / RUNLOG_FILE)
+    (stop,) = [line for line in lines if line.get("event") == "stop"]
+    assert stop["reason"] == "SIGTERM" and stop["step"] >= stopped["signalled_after"]
+    assert checkpoint_step(stopped["term_run"]) == stop["step"] < STEPS
+
+
+@pytest.mark.slow  # trains
+def test_a_data_parallel_run_is_an_ordinary_run_folder_for_fcn_test_and_export(trained,
+                                                                                  tmp_path):
+    import fcn_export, fcn_test  # noqa: E401, E402 (only this test needs them)
+    from utils.export import METADATA_FILE, SAVEDMODEL_METADATA_DIR
+    out = tmp_path / "savedmodel"
+    assert run_main(fcn_export.main, fcn_export.build_parser(), [
+        "--traindir", str(trained["runs"]["two"]), "--format", "savedmodel", "--out",
+        str(out)]) == 0
+    metadata = json.loads((out / SAVEDMODEL_METADATA_DIR / METADATA_FILE).read_text())
+    # export checks the SavedModel against the checkpoint on the val images it wrote down
+    assert metadata["step"] == STEPS and metadata["check"]["max_abs_difference"] <= 1e-4
     for name in ("two", "chief"):
         outdir = tmp_path / name
         assert run_main(fcn_test.main, fcn_test.build_parser(), [
