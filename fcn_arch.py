@@ -733,8 +733,14 @@ def main(args):
           f"{f'GMACs @{args.pixels}':>12} {'classes':>8}")
     for net in args.nets:
         for decoder in args.decoders:
-            params, macs = network_stats(net, decoder, args.num_classes, args.pixels,
-                                         args.extended_arch, args.output_stride)
+            try:
+                params, macs = network_stats(net, decoder, args.num_classes, args.pixels,
+                                             args.extended_arch, args.output_stride)
+            except SegMentorError as err:  # e.g. fcn16 at --output_stride 16: a row that
+                # cannot exist says why, and the others are still printed
+                print(f"{net:<14} {decoder:<14} {'-':>10} {'-':>12} {args.num_classes:>8}  "
+                      f"({err})", flush=True)
+                continue
             print(f"{net:<14} {decoder:<14} {params / 1e6:>10.2f} {macs / 1e9:>12.2f} "
                   f"{args.num_classes:>8}", flush=True)
 

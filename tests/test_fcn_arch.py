@@ -199,3 +199,14 @@ def test_stats_command_prints_a_row_per_network_and_decoder():
         ["mobilenet_v1", "fcn32"], ["mobilenet_v1", "fcn16"], ["mobilenet_v1", "unet"]]
     fcn16_params, unet_params = (float(row.split()[2]) for row in rows[2:])
     assert unet_params > fcn16_params  # the U-Net decoder's convs are counted
+
+
+def test_stats_rows_that_cannot_exist_say_why_and_the_others_are_printed(capsys):
+    args = fcn_arch.build_parser().parse_args(
+        ["--stats", "--nets", "mobilenet_v1", "--decoders", "fcn16", "fcn8",
+         "--output_stride", "16", "--pixels", "64"])
+    fcn_arch.main(args)
+    fcn16_row, fcn8_row = capsys.readouterr().out.strip().splitlines()[1:]
+    assert fcn16_row.split()[:4] == ["mobilenet_v1", "fcn16", "-", "-"]
+    assert "--output_stride 16" in fcn16_row
+    assert fcn8_row.split()[:2] == ["mobilenet_v1", "fcn8"] and float(fcn8_row.split()[2]) > 0
