@@ -4,6 +4,7 @@ import re
 import pytest
 
 from benchmarks import onednn_compare
+from printed_ratio import agrees_with_rounded_figures
 from utils.errors import run_main
 
 
@@ -17,10 +18,5 @@ def test_a_tiny_comparison_prints_both_step_times_and_their_ratio(capsys):
                      r"([\d.]+)x", out)
     assert line, out
     off, on, ratio = map(float, line.groups())
-    assert off > 0 and on > 0
-    # The times print rounded to 1 ms and the ratio comes from the unrounded times, so at
-    # tens of milliseconds a step the printed ratio may sit a few percent off off/on.
-    half_ms, half_hundredth = 0.0005, 0.005
-    lowest = (off - half_ms) / (on + half_ms) - half_hundredth
-    highest = (off + half_ms) / (on - half_ms) + half_hundredth
-    assert lowest <= ratio <= highest, (off, on, ratio)
+    assert off > 0 and on > 0 and agrees_with_rounded_figures(off, on, ratio, figure_places=3), (
+        off, on, ratio)

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from benchmarks import torch_compare
+from printed_ratio import agrees_with_rounded_figures
 from utils.errors import EXIT_USER_ERROR, run_main
 
 TORCH_PYTHON = os.environ.get(torch_compare.TORCH_PYTHON_ENV)
@@ -46,5 +47,5 @@ def test_a_one_step_comparison_prints_both_rates_and_their_ratio(capsys):
                       r"([\d.]+) img/s \(\d+ threads\) +TensorFlow / PyTorch ([\d.]+)x", out)
     assert match, out
     tf_rate, torch_rate, ratio = map(float, match.groups())
-    assert tf_rate > 0 and torch_rate > 0 and ratio == pytest.approx(tf_rate / torch_rate,
-                                                                     rel=0.01, abs=0.01)
+    assert tf_rate > 0 and torch_rate > 0
+    assert agrees_with_rounded_figures(tf_rate, torch_rate, ratio, figure_places=2), match.groups()
