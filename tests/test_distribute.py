@@ -175,6 +175,12 @@ def losses(run):
     return [line["loss"] for line in parse_runlog(run / RUNLOG_FILE) if "loss" in line]
 
 
+def logged_steps(runs_dir):
+    """The training steps the run in `runs_dir` has logged so far ([] before its folder)."""
+    runlogs = list(Path(runs_dir).glob("*/" + RUNLOG_FILE))
+    return [line["step"] for line in parse_runlog(runlogs[0]) if "loss" in line] if runlogs else []
+
+
 @pytest.fixture(scope="module")
 def trained(datapath, tmp_path_factory):
     """A 1-step start run, then from it, started together: one device; 2 replicas in one
@@ -203,9 +209,7 @@ def trained(datapath, tmp_path_factory):
     deadline = time.monotonic() + RUN_TIMEOUT_SECS
     killed_after = None
     while killed_after is None and time.monotonic() < deadline and chief.poll() is None:
-        runs = list((root / "chief").glob("*/" + RUNLOG_FILE))
-        steps = [line["step"] for line in parse_runlog(runs[0])
-                 if "loss" in line] if runs else []
+        steps = logged_steps(root / "chief")
         if steps and steps[-1] > SAVE_EVERY:
             worker.send_signal(signal.SIGKILL)
             killed_after = steps[-1]
@@ -305,8 +309,7 @@ def stopped(datapath, tmp_path_factory):
     deadline = time.monotonic() + RUN_TIMEOUT_SECS
     signalled_after = None
     while signalled_after is None and time.monotonic() < deadline and interrupted.poll() is None:
-        runs = list((root / "term").glob("*/" + RUNLOG_FILE))
-        steps = [line["step"] for line in parse_runlog(runs[0]) if "loss" in line] if runs else []
+        steps = logged_steps(root / "term")
         if len(steps) >= 2:
             interrupted.send_signal(signal.SIGTERM)
             signalled_after = steps[-1]
