@@ -223,6 +223,30 @@ def test_split_dataset_gives_each_image_at_its_source_size(tmp_path):
     assert [first["filename"], second["filename"]] == [b"val_0.png", b"val_1.png"]
 
 
+
+def _autotune_settings_of_pipelines(graph):
+    """autotune.enabled of each tf.data pipeline's options in `graph` (its OptionsDataset ops)."""
+    from tensorflow.core.framework import dataset_options_pb2
+    settings = []
+    for op in graph.get_operations():
+        if op.type == "OptionsDataset":
+            options = dataset_options_pb2.Options.FromString(op.get_attr("serialized_options"))
+            settings.append(options.autotune_options.enabled
+                            if options.autotune_options.HasField("enabled") else None)
+    return settings
+
+
+def test_no_pipeline_runs_the_autotune_thread_that_delays_closing_a_session(tmp_path):
+    """tf.data's autotune model thread is not woken when its iterator goes: closing the
+    session waited for its sleep (0-60 s at the end of a training run)."""
+    spec = _make_dataset(tmp_path)
+    with tf.Graph().as_default() as graph:
+        Feeder(spec, str(tmp_path), batch_size=2, pixels=16, pad_rgb=PAD_RGB)
+        assert _autotune_settings_of_pipelines(graph) == [False, False]  # train, val
+    split = make_split_dataset(spec, str(tmp_path), "val")
+    assert split.options().autotune.enabled is False
+
+
 # --- --crop runs (native-scale windows, native-size validation), --val_fraction ---------------
 
 def test_crop_batches_are_windows_and_validation_covers_every_val_image_at_native_size(tmp_path):

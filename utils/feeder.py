@@ -51,6 +51,19 @@ EPOCH_SEED_STRIDE = 1 << 20
 # tf.cond), so they skip AutoGraph: transpiling the augmentation code made a Feeder take
 # 11.5 s to build instead of 1.4 s (2 busy AVX2 cores), for the same graph.
 graph_function = tf.autograph.experimental.do_not_convert
+# tf.data's autotuning gives each iterator a model thread that sleeps between
+# optimisations (a period that doubles up to 60 s) and is not woken when the iterator is
+# destroyed: closing a session, or replacing an iterator, waited out that sleep. It was
+# 0-60 s at the end of every training run (the README job: 13 s, 49 s, 59 s in three
+# runs; Session.close in gdb: ~RootDataset::Iterator waiting on Model::OptimizeLoop).
+# Without the model, AUTOTUNE sizes are fixed at start (map parallelism = the cores),
+# which is what it chose on 2 cores: the same step time in an in-process A/B.
+def _without_autotune_thread(dataset):
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 # The failed check of a crop that may not be padded: the phrase, then the image's height, width.
 _CROP_TOO_LARGE_PATTERN = re.compile(re.escape(CROP_TOO_LARGE_PHRASE) + r"\D*(\d+)\D+(\d+)")
 
@@ -162,9 +175,10 @@ class Feeder:
                   .enumerate(start=first_example))
         if num_workers > 1:  # before decoding: each worker decodes its own part only
             stream = stream.filter(for_this_worker)
-        return (stream.map(parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(worker_batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+        return _without_autotune_thread(
+            stream.map(parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(worker_batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
 
     def _val_dataset(self, num_classes, batch_size, pixels):
         colour = tf.constant(self.pad_rgb, tf.float32)
@@ -180,14 +194,16 @@ class Feeder:
         # Batched, then repeated: every val_batches_per_pass batches are one pass, the
         # last batch partial. One endless iterator instead of re-initialising one per
         # pass: on `shapes` (2 cores) the re-initialisation sometimes waited 4-20 s,
-        # for a pass that itself takes 0.2 s. padded_batch only pads at native size
+        # for a pass that itself takes 0.2 s (the autotune thread, see
+        # _without_autotune_thread). padded_batch only pads at native size
         # (pixels=0), where images may differ in size; at pixels > 0 all are P x P.
-        return (read_records(self.val_path, self._how_to_make).shard(self._val_stride, 0)
-                .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
-                .padded_batch(batch_size, padding_values=(0.0, IGNORE_LABEL))
-                .map(graph_function(lambda image, label: (image + colour, label)))
-                .repeat()
-                .prefetch(tf.data.AUTOTUNE))
+        return _without_autotune_thread(
+            read_records(self.val_path, self._how_to_make).shard(self._val_stride, 0)
+            .map(parse_and_size, num_parallel_calls=tf.data.AUTOTUNE)
+            .padded_batch(batch_size, padding_values=(0.0, IGNORE_LABEL))
+            .map(graph_function(lambda image, label: (image + colour, label)))
+            .repeat()
+            .prefetch(tf.data.AUTOTUNE))
 
     def _handle(self, sess, name):
         if name not in self._handles:
@@ -252,6 +268,7 @@ def make_split_dataset(spec, datapath, split):
         label = checked_label(example["label"], spec.num_classes, IGNORE_LABEL)
         return dict(image=example["image"], label=label[..., 0], filename=example["filename"])
 
-    return (read_records(record_path(spec, datapath, split), how_to_make(spec, datapath))
-            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    return _without_autotune_thread(
+        read_records(record_path(spec, datapath, split), how_to_make(spec, datapath))
+        .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE))
