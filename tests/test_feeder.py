@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from tensorflow.core.framework import dataset_options_pb2
 
 import fcn_arch
 from everyday import everyday_or_slow
@@ -223,10 +224,8 @@ def test_split_dataset_gives_each_image_at_its_source_size(tmp_path):
     assert [first["filename"], second["filename"]] == [b"val_0.png", b"val_1.png"]
 
 
-
 def _autotune_settings_of_pipelines(graph):
     """autotune.enabled of each tf.data pipeline's options in `graph` (its OptionsDataset ops)."""
-    from tensorflow.core.framework import dataset_options_pb2
     settings = []
     for op in graph.get_operations():
         if op.type == "OptionsDataset":
