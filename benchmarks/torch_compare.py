@@ -9,7 +9,8 @@ and per-step fetches, a constant batch in memory). The PyTorch side
 count) runs in a process of its own, started with $SEGMENTOR_TORCH_PYTHON: PyTorch
 lives in a separate environment and seg-mentor never imports it. The two take turns
 per net for --rounds rounds, so load from other jobs hits both alike; each line
-gives both img/s and their ratio.
+gives both img/s, their ratio, and each side's multiply-accumulates per image (the
+convolutions of one forward pass), which show that both run the same network.
 """
 if __package__ in (None, ""):  # run as `python benchmarks/...`: find the repo root's packages
     import pathlib, sys; sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
@@ -21,12 +22,14 @@ import sys
 from pathlib import Path
 
 from utils.tfcompat import session_config, tf  # first: it quiets TensorFlow's import-time logging
+import fcn_arch  # noqa: E402
 from benchmarks.torch_fcn16 import BACKBONES  # noqa: E402  (imports no torch)
 from utils.cli import CheckedArgumentParser, bounded  # noqa: E402
 from utils.datasets import DATASETS  # noqa: E402
 from utils.errors import SegMentorError, run_main  # noqa: E402
-from utils.train_bench import (BENCH_DATASET, WARMUP_STEPS, add_step_timing_flags,  # noqa: E402
-                               constant_batch, machine_description, timed_runs, training_graph)
+from utils.train_bench import (BENCH_DATASET, DECODER, WARMUP_STEPS,  # noqa: E402
+                               add_step_timing_flags, constant_batch, machine_description,
+                               timed_runs, training_graph)
 
 TORCH_PYTHON_ENV = "SEGMENTOR_TORCH_PYTHON"
 TORCH_WORKER = Path(__file__).resolve().with_name("torch_fcn16.py")
@@ -87,6 +90,7 @@ class TensorFlowStep:
             self.sess = tf.Session(graph=self.graph, config=session_config())
             self.sess.run(tf.global_variables_initializer())
         self.batch_size = batch_size
+        _, self.macs = fcn_arch.network_stats(net, DECODER, spec.num_classes, pixels)
 
     def images_per_sec(self, steps):
         return self.batch_size / timed_runs(self.sess, self.fetches, steps)
@@ -123,9 +127,10 @@ def main(args):
                     steps[net] = TensorFlowStep(net, spec, args.pixels, args.batch_size)
                 tf_rate = steps[net].images_per_sec(args.steps)
                 torch_result = worker.images_per_sec(net, args.steps)
-                print(f"round {round_number} {net:<14} TensorFlow {tf_rate:6.2f} img/s   "
-                      f"PyTorch {torch_result['torch']} eager {torch_result['img_s']:6.2f} img/s "
-                      f"({torch_result['threads']} threads)   TensorFlow / PyTorch "
+                print(f"round {round_number} {net:<14} TensorFlow {tf_rate:6.2f} img/s "
+                      f"({steps[net].macs / 1e9:.2f} GMACs/img)   PyTorch {torch_result['torch']} "
+                      f"eager {torch_result['img_s']:6.2f} img/s ({torch_result['macs'] / 1e9:.2f} "
+                      f"GMACs/img, {torch_result['threads']} threads)   TensorFlow / PyTorch "
                       f"{tf_rate / torch_result['img_s']:.2f}x", flush=True)
     finally:
         worker.close()

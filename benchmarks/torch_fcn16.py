@@ -3,9 +3,10 @@ backbones), in a process of its own: benchmarks/torch_compare.py drives it.
 
     $SEGMENTOR_TORCH_PYTHON benchmarks/torch_fcn16.py --pixels 256 --batch_size 8 --num_classes 11
     stdin:  NET STEPS WARMUP        e.g. "mobilenet_v2 20 3"   (one request per line)
-    stdout: {"net": ..., "img_s": ..., "loss": ...}           (one JSON line per request)
+    stdout: {"net": ..., "img_s": ..., "macs": ..., ...}      (one JSON line per request)
 
-Same work as the TensorFlow graph: the backbone through its last stride-32 layer, a
+Same work as the TensorFlow graph (the same multiply-accumulates, which both report):
+the backbone (ResNet-50 with slim's strides) through its last stride-32 layer, a
 1x1 score layer there and one on the stride-16 features (zero at start, as ours),
 bilinear x2, sum, bilinear to the input size, pixel cross-entropy ignoring label 255,
 Adam; a constant random batch in memory. torch is imported only in main(), so the
@@ -31,13 +32,52 @@ def _mobilenet_v2(torchvision):
 
 
 def _resnet50(torchvision):
-    """Through layer3 (1024 ch at stride 16, slim block3/unit_5's output), then layer4
-    (2048 ch at stride 32): our resnet_v1_50 FCN16's taps."""
+    """With slim's strides (below): through layer3's fifth unit (1024 ch at stride 16, slim
+    block3/unit_5's output), then layer3's strided last unit and layer4 (2048 ch at stride
+    32): our resnet_v1_50 FCN16's taps."""
     import torch.nn as nn
-    net = torchvision.models.resnet50(weights=None)
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
-                         net.layer3)
-    return stem, net.layer4, 1024, 2048
+    net = _strides_as_slim(torchvision.models.resnet50(weights=None))
+    to_16 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+                          net.layer3[:-1])
+    return to_16, nn.Sequential(net.layer3[-1], net.layer4), 1024, 2048
+
+
+def _strides_as_slim(resnet):
+    """torchvision's ResNet-50 halves the resolution in the first unit of layer2-4 (its 3x3
+    conv and projection shortcut strided); slim's resnet_v1_50 does it in the last unit of
+    block1-3 (the 3x3 conv strided, the identity subsampled by a 1x1 max pool), so fewer
+    units run at the larger size: 4.55 GMACs at 256 px against torchvision's 5.34. Moved
+    to slim's places, both sides do the same work (torch_compare prints both counts)."""
+    import torch.nn as nn
+    layers = (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+    for layer in layers[1:]:
+        layer[0].conv2.stride = (1, 1)
+        layer[0].downsample[0].stride = (1, 1)
+    for layer in layers[:-1]:
+        layer[-1].conv2.stride = (2, 2)
+        layer[-1].downsample = nn.MaxPool2d(kernel_size=1, stride=2)
+    return resnet
+
+
+def conv_macs(model, pixels):
+    """Multiply-accumulates of the convolutions in one forward pass of one image, counted
+    from the output shapes as fcn_arch.network_stats counts the TensorFlow graph's."""
+    import torch
+    total = 0
+
+    def count(conv, _inputs, output):
+        nonlocal total
+        total += (output[0].numel() * conv.in_channels // conv.groups
+                  * conv.kernel_size[0] * conv.kernel_size[1])
+
+    hooks = [module.register_forward_hook(count) for module in model.modules()
+             if isinstance(module, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, pixels, pixels))
+    model.train()
+    for hook in hooks:
+        hook.remove()
+    return total
 
 
 # seg-mentor's --basenet name -> fn(torchvision) -> (to stride 16, 16 to 32, channels at 16, at 32)
@@ -87,8 +127,9 @@ def main():
         net, steps, warmup = line.split()
         if net not in models:
             model = fcn16(net, args.num_classes).train()
-            models[net] = (model, torch.optim.Adam(model.parameters(), lr=LEARNRATE))
-        model, optimizer = models[net]
+            models[net] = (model, torch.optim.Adam(model.parameters(), lr=LEARNRATE),
+                           conv_macs(model, args.pixels))
+        model, optimizer, macs = models[net]
 
         def step():
             optimizer.zero_grad(set_to_none=True)
@@ -103,7 +144,7 @@ def main():
         for _ in range(int(steps)):
             loss = step()
         secs = (time.perf_counter() - started) / int(steps)
-        print(json.dumps(dict(net=net, img_s=args.batch_size / secs, loss=loss,
+        print(json.dumps(dict(net=net, img_s=args.batch_size / secs, loss=loss, macs=macs,
                               threads=torch.get_num_threads(), torch=torch.__version__)),
               flush=True)
 
