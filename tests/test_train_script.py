@@ -533,48 +533,48 @@ def xla_marked_op_types(graph):
     return marked
 
 
-def two_step_losses(graph, train_graph):
+def first_losses(graph, train_graph, steps):
     with graph.as_default(), tf.Session(graph=graph) as sess:
         sess.run(tf.global_variables_initializer())
-        return [sess.run(train_graph.step_fetches())["loss"] for _ in range(2)]
+        return [sess.run(train_graph.step_fetches())["loss"] for _ in range(steps)]
+
+
+# Batch norm over few numbers amplifies rounding: at 32 px and batch 2 the stride-32 layer
+# normalises 2 values per channel, and XLA's and oneDNN's last-bit differences (1e-7 at the
+# first layer, 5e-5 by the twelfth) became an 18% gap in the loss one step later. At 64 px
+# and batch 8 (32 values there) the gap after one and two steps is 0.1%: the comparison
+# is then about XLA, not about that amplification.
+XLA_TEST_PIXELS, XLA_TEST_BATCH = 64, 8
 
 
 def xla_and_plain_graphs():
-    """{flag: (graph, TrainGraph)} of the same tiny training with and without --xla."""
+    """{flag: (graph, TrainGraph)} of the same small training with and without --xla."""
     runs = {}
     for xla_flag in ("--xla", "--no-xla"):
         settings = fcn_train.run_settings(fcn_train.build_parser().parse_args(
             ["--scratch", "--fcn16", "--optimizer", "momentum", xla_flag]))
         with tf.Graph().as_default() as graph:
             tf.set_random_seed(0)
-            images = tf.random.uniform([BATCH_SIZE, 32, 32, 3], 0, 255, seed=1)
-            labels = tf.random.uniform([BATCH_SIZE, 32, 32], 0, len(GRAPH_SPEC.class_names),
-                                       tf.int32, seed=2)
+            shape = [XLA_TEST_BATCH, XLA_TEST_PIXELS, XLA_TEST_PIXELS]
+            images = tf.random.uniform(shape + [3], 0, 255, seed=1)
+            labels = tf.random.uniform(shape, 0, len(GRAPH_SPEC.class_names), tf.int32, seed=2)
             train_graph = training_loop.build_graph(settings, GRAPH_SPEC, images, labels, (), 10)
         runs[xla_flag] = graph, train_graph
     return runs
 
 
 @pytest.mark.slow  # XLA compiles the towers and their gradients
-def test_xla_compiles_the_towers_and_gives_the_same_first_loss():
+def test_xla_compiles_the_towers_and_trains_as_without_it():
     runs = xla_and_plain_graphs()
     marked = xla_marked_op_types(runs["--xla"][0])
     assert {"Conv2D", "Conv2DBackpropFilter", "SparseSoftmaxCrossEntropyWithLogits"} <= marked
     assert "DenseBincount" not in marked and not any("Apply" in op for op in marked)
     assert not xla_marked_op_types(runs["--no-xla"][0])
-    with_xla, without = (two_step_losses(*runs[flag]) for flag in ("--xla", "--no-xla"))
-    # XLA's kernels sum in another order: float32 rounding differs in the last bits.
-    assert with_xla[0] == pytest.approx(without[0], rel=1e-3)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="open: after one SGD step the --xla loss is 2-4% away "
-                                        "from the plain graph's (1.346 vs 1.394), more than "
-                                        "rounding; --xla stays off by default")
-def test_xla_trains_as_without_it():
-    runs = xla_and_plain_graphs()
-    with_xla, without = (two_step_losses(*runs[flag]) for flag in ("--xla", "--no-xla"))
-    assert with_xla[1] == pytest.approx(without[1], rel=1e-2)
+    with_xla, without = (first_losses(*runs[flag], steps=3) for flag in ("--xla", "--no-xla"))
+    # XLA's kernels sum in another order: float32 rounding differs in the last bits
+    # (4e-6 apart at first, 1e-3 and 5e-4 after one and two steps on an AVX2 EPYC).
+    assert with_xla[0] == pytest.approx(without[0], rel=1e-4)
+    assert with_xla[1:] == pytest.approx(without[1:], rel=1e-2)
 
 
 def test_the_training_graph_builds_with_every_option():
